@@ -1,0 +1,26 @@
+"""Argument helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from crossattentiondet.config import ExperimentConfig, load_config
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config F`` plus positional ``key=value`` overrides."""
+    parser.add_argument("--config", "-c", metavar="FILE", help="experiment config (YAML or JSON)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted config overrides, e.g. train.lr=0.01 model.fusion.stages=[1,4]")
+
+
+def config_from_args(args: argparse.Namespace, extra_overrides: list[str] | None = None) -> ExperimentConfig:
+    return load_config(args.config, list(extra_overrides or []) + list(args.overrides or []))
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")

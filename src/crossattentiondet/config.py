@@ -1,0 +1,769 @@
+"""Typed experiment configuration.
+
+One :class:`ExperimentConfig` describes a whole run: data, model, training, evaluation and outputs.
+It is built from defaults, then an experiment file (YAML or JSON), then dotted command-line overrides
+(``train.lr=0.01``, ``model.fusion.stages=[1,4]``), and saved fully resolved into the run directory.
+
+Unknown keys and wrong types raise :class:`ConfigError`, whose message names the key, the bad value and,
+for unknown keys, the closest valid key. The JSON templates of the original project (``experiment_id``,
+``fusion_type``, ``training``...) are recognised and translated (:func:`translate_legacy`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message meant for the user (no traceback needed)."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _parse_stages(value: Any) -> Any:
+    """Accept stage lists as [2, 3], 3, "3", "2,3", "23" or "[2,3]" (the seed scripts use "2,3")."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        text = value.strip().strip("[]()").replace(" ", "")
+        if not text:
+            return []
+        parts = text.split(",") if "," in text else list(text)
+        try:
+            return [int(p) for p in parts]
+        except ValueError:
+            return value  # let pydantic report the bad value
+    return value
+
+
+def _check_stages(value: list[int]) -> list[int]:
+    bad = [s for s in value if s not in (1, 2, 3, 4)]
+    if bad:
+        raise ValueError(f"stages must be in 1..4, got {bad}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"stages contain duplicates: {value}")
+    return sorted(value)
+
+
+Stages = Annotated[list[int], BeforeValidator(_parse_stages)]
+
+
+# --------------------------------------------------------------------------------------------- data
+class ModalityConfig(StrictModel):
+    """One aligned sensor modality.
+
+    ``source`` says where its channels come from: channel indices of the ``.npy`` array (original layout),
+    or a folder name under the data root (paired-folder layouts). ``scale`` is the raw value that maps to
+    1.0 (None: the maximum of the file's dtype, 255 for uint8 and 65535 for uint16).
+    """
+
+    name: str
+    channels: int = Field(ge=1)
+    source: list[int] | str | None = None
+    mean: list[float]
+    std: list[float]
+    scale: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> ModalityConfig:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(
+                f"modality '{self.name}': mean and std need {self.channels} values each, "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"modality '{self.name}': std values must be > 0, got {self.std}")
+        if isinstance(self.source, list) and len(self.source) != self.channels:
+            raise ValueError(
+                f"modality '{self.name}': source lists {len(self.source)} channel indices for "
+                f"{self.channels} channels"
+            )
+        return self
+
+
+def default_modalities() -> list[ModalityConfig]:
+    """RGB (channels 0-2), thermal (3) and event (4): the original data set's channel layout."""
+    return [
+        ModalityConfig(name="rgb", channels=3, source=[0, 1, 2], mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ModalityConfig(name="thermal", channels=1, source=[3], mean=[0.5], std=[0.5]),
+        ModalityConfig(name="event", channels=1, source=[4], mean=[0.5], std=[0.5]),
+    ]
+
+
+class SplitConfig(StrictModel):
+    """Train / val / test split: from files listing stems, or seeded ratios over groups of frames."""
+
+    train: float = Field(default=0.7, ge=0, le=1)
+    val: float = Field(default=0.15, ge=0, le=1)
+    test: float = Field(default=0.15, ge=0, le=1)
+    train_file: str | None = None
+    val_file: str | None = None
+    test_file: str | None = None
+    seed: int = 42
+    # "auto" groups numbered frame names into blocks; "none"; "regex:<pattern>" (the first capture group,
+    # or the whole match, names the group); "blocks:<N>" (N consecutive frames in sorted order).
+    group_by: str = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        files = [self.train_file, self.val_file, self.test_file]
+        if not any(files) and abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must sum to 1, got train={self.train} val={self.val} test={self.test}")
+        g = self.group_by
+        if not (g in ("auto", "none") or g.startswith("regex:") or re.fullmatch(r"blocks:\d+", g)):
+            raise ValueError(f"group_by must be auto, none, regex:<pattern> or blocks:<N>, got {g!r}")
+        if g.startswith("regex:"):
+            try:
+                re.compile(g[len("regex:"):])
+            except re.error as err:
+                raise ValueError(f"group_by regex {g[6:]!r} does not compile: {err}") from None
+        return self
+
+
+class ColorJitterConfig(StrictModel):
+    prob: float = Field(default=0.0, ge=0, le=1)
+    brightness: float = Field(default=0.2, ge=0)
+    contrast: float = Field(default=0.2, ge=0)
+    saturation: float = Field(default=0.2, ge=0)
+    hue: float = Field(default=0.02, ge=0, le=0.5)
+
+
+class AugmentConfig(StrictModel):
+    """Training-time augmentation. Geometric transforms move all modalities and boxes together."""
+
+    hflip: float = Field(default=0.5, ge=0, le=1)
+    scale_jitter: tuple[float, float] | None = None  # random resize factor range, e.g. [0.8, 1.2]
+    crop_prob: float = Field(default=0.0, ge=0, le=1)
+    crop_min_scale: float = Field(default=0.6, gt=0, le=1)
+    crop_min_visible: float = Field(default=0.4, ge=0, le=1)  # boxes keeping less of their area are dropped
+    color_jitter: ColorJitterConfig = ColorJitterConfig()
+    clahe: float = Field(default=0.0, ge=0, le=1)
+    motion_blur: float = Field(default=0.0, ge=0, le=1)
+    motion_blur_kernel: int = Field(default=7, ge=3)
+    noise: float = Field(default=0.0, ge=0, le=1)
+    noise_std: float = Field(default=0.02, ge=0)  # on the 0-1 scale
+    thermal_gain_offset: float = Field(default=0.0, ge=0, le=1)
+    thermal_gain: tuple[float, float] = (0.8, 1.2)
+    thermal_offset: tuple[float, float] = (-0.1, 0.1)  # on the 0-1 scale
+    thermal_modalities: list[str] = ["thermal"]
+    rgb_modalities: list[str] = ["rgb"]
+    modality_dropout: float = Field(default=0.0, ge=0, le=1)  # per sample: zero one random modality
+
+
+class LoaderConfig(StrictModel):
+    num_workers: int = Field(default=2, ge=0)
+    pin_memory: bool | None = None  # None: on when training on CUDA
+    persistent_workers: bool = True
+    prefetch_factor: int | None = Field(default=2, ge=1)
+    aspect_ratio_grouping: bool = False
+
+
+class SyntheticConfig(StrictModel):
+    """The built-in synthetic RGB + thermal + event data set (used when ``data.root`` is not set)."""
+
+    images: int = Field(default=240, ge=4)
+    size: tuple[int, int] = (160, 128)  # width, height
+    classes: int = Field(default=3, ge=1, le=5)
+    seed: int = 0
+    cache_dir: str | None = None  # None: <output.root>/_synthetic/<hash>
+
+
+class DataConfig(StrictModel):
+    root: str | None = None  # None: the built-in synthetic data set
+    layout: Literal["auto", "original", "folders", "llvip", "flir", "m3fd"] = "auto"
+    images_dir: str | None = None  # original layout: defaults to <root>/images
+    labels: str | None = None  # label folder or COCO json; defaults per layout
+    label_format: Literal["auto", "yolo", "coco", "voc"] = "auto"
+    names: list[str] | None = None  # class names (YOLO ids index this list)
+    modalities: list[ModalityConfig] = Field(default_factory=default_modalities)
+    keep_empty: bool = True  # frames without boxes are kept as negatives
+    on_error: Literal["fail", "skip"] = "fail"
+    split: SplitConfig = SplitConfig()
+    augment: AugmentConfig = AugmentConfig()
+    loader: LoaderConfig = LoaderConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DataConfig:
+        names = [m.name for m in self.modalities]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"modality names must be unique, repeated: {dup}")
+        return self
+
+    def modality(self, name: str) -> ModalityConfig:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise ConfigError(f"unknown modality '{name}' (defined: {[m.name for m in self.modalities]})")
+
+
+# -------------------------------------------------------------------------------------------- model
+class FrmFfmConfig(StrictModel):
+    reduction: int = Field(default=1, ge=1)
+    lambda_c: float = 0.5
+    lambda_s: float = 0.5
+
+
+class CssaConfig(StrictModel):
+    switching_thresh: float = Field(default=0.5, ge=0, le=1)
+    kernel_size: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _odd(self) -> CssaConfig:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"cssa kernel_size must be odd, got {self.kernel_size}")
+        return self
+
+
+class GaffConfig(StrictModel):
+    se_reduction: int = Field(default=4, ge=1)
+    inter_shared: bool = False
+    merge_bottleneck: bool = False
+
+
+FusionName = Literal["frm_ffm", "cssa", "gaff", "add", "concat"]
+
+
+class FusionConfig(StrictModel):
+    """Where fusion happens: ``type`` at ``stages``; every other stage uses ``other``.
+
+    ``flow: separate`` keeps two streams (each stream continues with its own, for FRM+FFM rectified, map);
+    ``flow: fused`` feeds the fused map into both streams, as the original ablation encoders did.
+    ``per_stage`` ({stage: module}) overrides both for full control.
+    """
+
+    type: FusionName = "frm_ffm"
+    stages: Stages = [1, 2, 3, 4]
+    other: FusionName = "frm_ffm"
+    flow: Literal["separate", "fused"] = "separate"
+    per_stage: dict[int, FusionName] = {}
+    frm_ffm: FrmFfmConfig = FrmFfmConfig()
+    cssa: CssaConfig = CssaConfig()
+    gaff: GaffConfig = GaffConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> FusionConfig:
+        _check_stages(self.stages)
+        bad = [s for s in self.per_stage if s not in (1, 2, 3, 4)]
+        if bad:
+            raise ValueError(f"per_stage keys must be stages 1..4, got {bad}")
+        return self
+
+    def module_for_stage(self, stage: int) -> str:
+        if stage in self.per_stage:
+            return self.per_stage[stage]
+        return self.type if stage in self.stages else self.other
+
+
+class MiTOverrides(StrictModel):
+    """Override parts of the MiT variant (tiny models for tests, custom widths)."""
+
+    embed_dims: list[int] | None = None
+    depths: list[int] | None = None
+    num_heads: list[int] | None = None
+    sr_ratios: list[int] | None = None
+    mlp_ratios: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _four(self) -> MiTOverrides:
+        for key in ("embed_dims", "depths", "num_heads", "sr_ratios", "mlp_ratios"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 4:
+                raise ValueError(f"mit.{key} needs 4 values (one per stage), got {value}")
+        return self
+
+
+class RpnConfig(StrictModel):
+    pre_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 2000
+    post_nms_top_n_test: int = 1000
+    nms_thresh: float = 0.7
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    score_thresh: float = 0.0
+
+
+class RoiConfig(StrictModel):
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    nms_thresh: float = 0.5
+
+
+class DetectorConfig(StrictModel):
+    """FPN + Faster R-CNN settings (torchvision's defaults unless said otherwise)."""
+
+    fpn_channels: int = 256
+    anchor_sizes: list[list[int]] = [[32], [64], [128], [256], [512]]
+    aspect_ratios: list[float] = [0.5, 1.0, 2.0]
+    rpn: RpnConfig = RpnConfig()
+    roi: RoiConfig = RoiConfig()
+    box_head_dim: int = 1024
+    score_thresh: float = 0.05
+    detections_per_img: int = 100
+    # native: images keep their resolution (no silent upscaling); shorter_side: torchvision-style resize
+    # so the shorter side is min_size (capped by max_size on the longer side).
+    resize: Literal["native", "shorter_side"] = "native"
+    min_size: int = 800
+    max_size: int = 1333
+    size_divisible: int = 32
+
+    @model_validator(mode="after")
+    def _anchors(self) -> DetectorConfig:
+        if len(self.anchor_sizes) != 5:
+            raise ValueError(f"anchor_sizes needs 5 levels (4 FPN stages + pool), got {len(self.anchor_sizes)}")
+        return self
+
+
+Backbone = Literal["mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"]
+
+
+class ModelConfig(StrictModel):
+    backbone: Backbone = "mit_b1"
+    # Which modalities feed which stream: two lists = dual-stream encoder with fusion; one list = a
+    # single stream (early fusion of all listed modalities, or a single-modality model).
+    streams: list[list[str]] = [["rgb"], ["thermal", "event"]]
+    mit: MiTOverrides = MiTOverrides()
+    pretrained: str | None = None  # local MiT ImageNet weights (.pth, .bin, .safetensors)
+    drop_path_rate: float = Field(default=0.1, ge=0, lt=1)
+    grad_checkpointing: bool = False
+    fusion: FusionConfig = FusionConfig()
+    detector: DetectorConfig = DetectorConfig()
+    num_classes: int | None = Field(default=None, ge=1)  # foreground classes; None: from the data
+    zero_modalities: list[str] = []  # modalities replaced by zeros (after normalisation) in train and test
+
+    @model_validator(mode="after")
+    def _streams(self) -> ModelConfig:
+        if not 1 <= len(self.streams) <= 2:
+            raise ValueError(f"streams must list 1 or 2 streams, got {len(self.streams)}")
+        if any(len(s) == 0 for s in self.streams):
+            raise ValueError("every stream needs at least one modality")
+        flat = [m for s in self.streams for m in s]
+        if len(set(flat)) != len(flat):
+            raise ValueError(f"a modality may feed only one stream: {self.streams}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- train
+class OptimizerConfig(StrictModel):
+    type: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    no_decay_norm_bias: bool = False
+    backbone_lr_mult: float = Field(default=1.0, ge=0)
+
+
+class ScheduleConfig(StrictModel):
+    """Learning-rate schedule, stepped every optimizer update. Epoch-valued fields are converted."""
+
+    type: Literal["constant", "step", "multistep", "cosine", "poly"] = "constant"
+    step_size: float = Field(default=15, gt=0)  # epochs (step)
+    gamma: float = Field(default=0.1, gt=0)
+    milestones: list[float] = []  # epochs (multistep)
+    min_lr: float = Field(default=0.0, ge=0)  # cosine floor
+    power: float = Field(default=0.9, gt=0)  # poly
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    warmup_iters: int = Field(default=0, ge=0)  # used when warmup_epochs is 0
+    warmup_factor: float = Field(default=0.001, gt=0, le=1)
+
+
+class EmaConfig(StrictModel):
+    enabled: bool = False
+    decay: float = Field(default=0.9998, gt=0, lt=1)
+
+
+class FreezeConfig(StrictModel):
+    """Staged training: keep the encoder streams frozen for ``epochs``, then unfreeze.
+
+    ``mode: all`` unfreezes everything at once; ``progressive`` unfreezes one MiT stage per
+    ``progressive_every`` epochs, last stage first.
+    """
+
+    epochs: int = Field(default=0, ge=0)
+    mode: Literal["all", "progressive"] = "all"
+    progressive_every: int = Field(default=1, ge=1)
+    include_fusion: bool = False  # also freeze the fusion modules
+
+
+class EarlyStoppingConfig(StrictModel):
+    patience: int | None = Field(default=None, ge=1)  # validations without improvement; None: off
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(default=12, ge=1)
+    batch_size: int = Field(default=2, ge=1)
+    accumulation: int = Field(default=1, ge=1)
+    lr: float = Field(default=0.005, gt=0)
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    base_batch: int = Field(default=16, ge=1)  # effective batch at which ``lr`` is quoted (lr_scaling)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: float | None = Field(default=None, gt=0)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    channels_last: bool = False
+    tf32: bool = True
+    compile: bool = False
+    ema: EmaConfig = EmaConfig()
+    freeze: FreezeConfig = FreezeConfig()
+    max_nonfinite: int = Field(default=5, ge=1)  # consecutive skipped updates before the run stops
+    val_every: int = Field(default=1, ge=1)
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    checkpoint_every: int | None = Field(default=None, ge=1)  # keep epoch_N.pt every N epochs
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False
+    log_every: int = Field(default=20, ge=1)  # iterations between progress/TensorBoard updates
+    iteration_csv: bool = False  # also write metrics_per_batch.csv every log_every iterations
+    max_iters_per_epoch: int | None = Field(default=None, ge=1)  # cap (quick runs, smoke tests)
+
+
+# -------------------------------------------------------------------------------------- eval, output
+class EvalConfig(StrictModel):
+    split: Literal["train", "val", "test"] = "test"
+    batch_size: int | None = Field(default=None, ge=1)  # None: train.batch_size
+    panels: int = Field(default=16, ge=0)
+    robustness: bool = True  # evaluate again with each modality zeroed
+    speed: bool = True  # params, size, FLOPs, latency, throughput
+    speed_iters: int = Field(default=5, ge=1)
+
+
+class MlflowConfig(StrictModel):
+    enabled: bool = False
+    tracking_uri: str | None = None  # None: a local file store, <output.root>/mlruns
+    experiment: str = "crossattentiondet"
+
+
+class OutputConfig(StrictModel):
+    root: str = "runs"
+    tensorboard: bool = True
+    mlflow: MlflowConfig = MlflowConfig()
+
+
+class ExperimentConfig(StrictModel):
+    name: str = "run"  # the run directory is <output.root>/<name>
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> ExperimentConfig:
+        known = {m.name for m in self.data.modalities}
+        used = [m for s in self.model.streams for m in s] + list(self.model.zero_modalities)
+        unknown = [m for m in used if m not in known]
+        if unknown:
+            raise ValueError(
+                f"model.streams / model.zero_modalities name modalities {unknown} that data.modalities "
+                f"does not define (defined: {sorted(known)})"
+            )
+        for key in ("rgb_modalities", "thermal_modalities"):
+            names = getattr(self.data.augment, key)
+            missing = [n for n in names if n not in known]
+            # the defaults name rgb/thermal; only complain when the user asked for photometric transforms
+            if missing and names != AugmentConfig.model_fields[key].default:
+                raise ValueError(f"data.augment.{key} names unknown modalities {missing}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.root) / self.name
+
+
+# ------------------------------------------------------------------------------------ legacy format
+_LEGACY_KEYS = {"experiment_id", "fusion_type", "training", "backbone", "cssa", "gaff"}
+
+
+def is_legacy(raw: dict[str, Any]) -> bool:
+    """True for the original project's JSON experiment templates (seeds/000 section 10)."""
+    return "fusion_type" in raw or ("training" in raw and "train" not in raw)
+
+
+def translate_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+    """Translate an original-project JSON template into this project's config layout.
+
+    Meaning is kept: backbone, fusion type and parameters, epochs, batch size, lr, SGD momentum and
+    weight decay, StepLR (or constant lr for ``lr_scheduler: null``), data folders and train share.
+    As in the original ablation encoders, CSSA/GAFF run at the listed stages with FRM+FFM elsewhere,
+    the fused map feeding both streams and drop-path 0; the baseline (``fusion_type: null``) is FRM+FFM
+    at every stage with separate streams and drop-path 0.1. The original had no validation split; here
+    ``train_split`` keeps its share and the rest is divided equally between validation and test.
+    """
+    unknown = sorted(set(raw) - _LEGACY_KEYS - {"data"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) in original-format config: {unknown}")
+    out: dict[str, Any] = {"model": {}, "train": {}, "data": {}}
+    if "experiment_id" in raw:
+        out["name"] = str(raw["experiment_id"])
+    if "backbone" in raw:
+        out["model"]["backbone"] = raw["backbone"]
+    fusion_type = raw.get("fusion_type")
+    if fusion_type is None:
+        out["model"]["fusion"] = {"type": "frm_ffm", "stages": [1, 2, 3, 4], "flow": "separate"}
+    elif fusion_type in ("cssa", "gaff"):
+        params = dict(raw.get(fusion_type) or {})
+        stages = params.pop("stages", [1, 2, 3, 4])
+        out["model"]["fusion"] = {"type": fusion_type, "stages": stages, "other": "frm_ffm", "flow": "fused",
+                                  fusion_type: params}
+        out["model"]["drop_path_rate"] = 0.0
+    else:
+        raise ConfigError(f"fusion_type must be null, 'cssa' or 'gaff' in original-format config, got {fusion_type!r}")
+    training = dict(raw.get("training") or {})
+    key_map = {"epochs": "epochs", "batch_size": "batch_size", "learning_rate": "lr"}
+    for old, new in key_map.items():
+        if old in training:
+            out["train"][new] = training.pop(old)
+    opt = training.pop("optimizer", None) or {}
+    if opt:
+        opt = dict(opt)
+        kind = str(opt.pop("type", "SGD")).lower()
+        out["train"]["optimizer"] = {"type": kind, **opt}
+    if "lr_scheduler" in training:
+        sched = training.pop("lr_scheduler")
+        if sched is None:
+            out["train"]["schedule"] = {"type": "constant"}
+        else:
+            sched = dict(sched)
+            kind = sched.pop("type", "StepLR")
+            if kind != "StepLR":
+                raise ConfigError(f"training.lr_scheduler.type {kind!r} is not supported (StepLR or null)")
+            out["train"]["schedule"] = {"type": "step", **sched}
+    if training:
+        raise ConfigError(f"unknown key(s) in original-format training section: {sorted(training)}")
+    data = dict(raw.get("data") or {})
+    if "data_dir" in data:
+        images = Path(data.pop("data_dir"))
+        out["data"]["root"] = str(images.parent)
+        out["data"]["layout"] = "original"
+        out["data"]["images_dir"] = str(images)
+    if "labels_dir" in data:
+        out["data"]["labels"] = str(data.pop("labels_dir"))
+    if "train_split" in data:
+        train = float(data.pop("train_split"))
+        rest = round((1.0 - train) / 2, 10)
+        out["data"]["split"] = {"train": train, "val": rest, "test": round(1.0 - train - rest, 10)}
+    if data:
+        raise ConfigError(f"unknown key(s) in original-format data section: {sorted(data)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------- load / override
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            raw = yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=c`` into (["a", "b"], value); the value is parsed as YAML (``[1,4]``, ``true``, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. train.lr=0.01)")
+    key, _, value_text = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError:
+        value = value_text
+    return key.split("."), value
+
+
+def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``value`` at ``path`` in a nested dict (list elements by index), creating mappings as needed."""
+    node: Any = tree
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            try:
+                index = int(part)
+                node[index]  # noqa: B018 - bounds check
+            except (ValueError, IndexError):
+                raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a valid index of a list of {len(node)}") from None
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:i])} is a value, not a section")
+        if last:
+            node[part] = value
+        else:
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_all_keys(annotation, dotted + "."))
+    return keys
+
+
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            for c in args:
+                inner = [a for a in getattr(c, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+                nested.extend(inner)
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def closest_key(loc: tuple[Any, ...]) -> str | None:
+    """The valid key nearest to an unknown one: a sibling with a similar name, else the same name elsewhere."""
+    parent = loc[:-1]
+    bad = str(loc[-1])
+    model = _section_model(parent)
+    prefix = ".".join(str(p) for p in parent)
+    if model is not None:
+        match = difflib.get_close_matches(bad, list(model.model_fields), n=1, cutoff=0.6)
+        if match:
+            return f"{prefix}.{match[0]}" if prefix else match[0]
+    every = _all_keys(ExperimentConfig)
+    same_leaf = [k for k in every if k.split(".")[-1] == bad]
+    if same_leaf:
+        return same_leaf[0]
+    leaves = {k.split(".")[-1]: k for k in every}
+    match = difflib.get_close_matches(bad, list(leaves), n=1, cutoff=0.75)
+    return leaves[match[0]] if match else None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """Turn pydantic's errors into lines naming the key, the value and the problem."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            hint = closest_key(loc)
+            suggestion = f" (did you mean '{hint}'?)" if hint else ""
+            lines.append(f"unknown key '{key}'{suggestion}")
+        else:
+            value = e.get("input")
+            msg = e["msg"].removeprefix("Value error, ")
+            if isinstance(value, dict):
+                lines.append(f"{key}: {msg}")
+            else:
+                lines.append(f"{key}: bad value {value!r}: {msg}")
+    head = f"invalid config ({source})" if source else "invalid config"
+    return head + ":\n  " + "\n  ".join(lines)
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "") -> ExperimentConfig:
+    """Validate a raw mapping (plus dotted overrides) into an :class:`ExperimentConfig`."""
+    tree = copy.deepcopy(raw)
+    if is_legacy(tree):
+        tree = translate_legacy(tree)
+    for text in overrides or []:
+        path, value = parse_override(text)
+        set_dotted(tree, path, value)
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        where = source + (" + overrides" if overrides else "") if source else ("overrides" if overrides else "")
+        raise ConfigError(format_validation_error(err, where)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults, then the file at ``path`` (YAML or JSON, this layout or the original's), then overrides."""
+    raw: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        path = Path(path)
+        raw = _read_file(path)
+        source = str(path)
+        base = raw.pop("base", None)  # a preset may build on another file: base: other.yaml
+        if base is not None:
+            base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+            raw = _deep_merge(_read_file(base_path), raw)
+    return build_config(raw, overrides, source)
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write the fully resolved config as YAML (atomically)."""
+    from crossattentiondet.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def diff_configs(base: ExperimentConfig, other: ExperimentConfig) -> dict[str, Any]:
+    """Dotted keys whose values differ between two configs (value of ``other``)."""
+    out: dict[str, Any] = {}
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        elif a != b:
+            out[prefix] = b
+
+    walk(config_to_dict(base), config_to_dict(other), "")
+    return out

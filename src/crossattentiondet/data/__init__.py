@@ -1,0 +1,1 @@
+"""Data: modalities, readers, splits, checks, statistics, synthetic scenes, transforms, loaders."""

@@ -1,0 +1,47 @@
+"""The sample: what every reader produces and every transform consumes.
+
+A :class:`Sample` holds one frame: per-modality arrays in their native dtype (uint8 or uint16, shape
+(H, W, C), all modalities the same H and W), boxes in absolute pixel xyxy (float32), and 1-based class
+labels (int64; 0 is the detector's background). :func:`to_model_input` turns it into the model's input:
+one (C_total, H, W) tensor with the modalities concatenated in config order (uint8 when every modality is
+uint8, else uint16, uint8 values promoted without rescaling), and a torchvision target dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Sample:
+    stem: str
+    modalities: dict[str, np.ndarray]
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+    @property
+    def height(self) -> int:
+        return int(next(iter(self.modalities.values())).shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(next(iter(self.modalities.values())).shape[1])
+
+
+def to_model_input(sample: Sample, modality_order: list[str], image_id: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(image, target) for the detector; ``target`` has boxes, labels, image_id."""
+    arrays = [sample.modalities[name] for name in modality_order]
+    wide = any(a.dtype == np.uint16 for a in arrays)
+    dtype = np.uint16 if wide else np.uint8
+    stacked = np.concatenate([a.astype(dtype, copy=False) if a.ndim == 3 else a[..., None].astype(dtype, copy=False)
+                              for a in arrays], axis=2)
+    image = torch.from_numpy(np.ascontiguousarray(stacked.transpose(2, 0, 1)))
+    target = {
+        "boxes": torch.as_tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.as_tensor(sample.labels, dtype=torch.int64).reshape(-1),
+        "image_id": torch.tensor(image_id, dtype=torch.int64),
+    }
+    return image, target

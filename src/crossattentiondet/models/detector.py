@@ -1,0 +1,209 @@
+"""The detector: multi-modal encoder + FPN (with a max-pool level) + torchvision Faster R-CNN.
+
+Input images are the raw sample tensors (C_total, H, W), uint8 / uint16 / float, with the channels of all
+``data.modalities`` in order. The model owns normalisation (per modality, on a 0-1 scale: x / scale, then
+(x - mean) / std), optional zeroing of modalities, and the resize policy (native resolution by default).
+State-dict keys are torchvision's: ``backbone.encoder.*``, ``backbone.fpn.*``, ``rpn.*``, ``roi_heads.*``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from crossattentiondet.config import ExperimentConfig
+from crossattentiondet.models.encoder import DualStreamEncoder, FusionPlan, SingleStreamEncoder
+from crossattentiondet.models.mit import mit_spec
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """Channel bookkeeping for the model input: which channels belong to which modality and stream."""
+
+    modality_names: tuple[str, ...]
+    modality_channels: tuple[tuple[int, ...], ...]  # channel indices of each modality in the input
+    stream_channels: tuple[tuple[int, ...], ...]  # channel indices feeding each stream
+    scale: tuple[float | None, ...]  # per channel: raw value that maps to 1.0 (None: from dtype)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig) -> InputLayout:
+        names, groups, scale, mean, std = [], [], [], [], []
+        start = 0
+        for m in config.data.modalities:
+            names.append(m.name)
+            groups.append(tuple(range(start, start + m.channels)))
+            scale += [m.scale] * m.channels
+            mean += list(m.mean)
+            std += list(m.std)
+            start += m.channels
+        by_name = dict(zip(names, groups))
+        streams = tuple(tuple(c for name in stream for c in by_name[name]) for stream in config.model.streams)
+        return cls(tuple(names), tuple(groups), streams, tuple(scale), tuple(mean), tuple(std))
+
+    @property
+    def total_channels(self) -> int:
+        return sum(len(g) for g in self.modality_channels)
+
+    def channels_of(self, modalities: list[str] | tuple[str, ...]) -> list[int]:
+        index = dict(zip(self.modality_names, self.modality_channels))
+        unknown = [m for m in modalities if m not in index]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; this model has {list(self.modality_names)}")
+        return [c for m in modalities for c in index[m]]
+
+
+def _dtype_max(dtype: torch.dtype) -> float:
+    if dtype == torch.uint8:
+        return 255.0
+    if dtype in (torch.uint16, torch.int32, torch.int16):
+        return 65535.0
+    return 1.0  # float input is taken to be on the 0-1 scale already
+
+
+class MultiModalTransform(GeneralizedRCNNTransform):
+    """Per-modality normalisation on the device, modality zeroing, explicit resize policy, batching."""
+
+    def __init__(self, layout: InputLayout, resize: str, min_size: int, max_size: int, size_divisible: int) -> None:
+        super().__init__(min_size, max_size, list(layout.mean), list(layout.std), size_divisible=size_divisible)
+        self.layout = layout
+        self.resize_mode = resize
+        self.zero_channels: list[int] = []
+
+    def normalize(self, image: Tensor) -> Tensor:
+        if image.shape[0] != self.layout.total_channels:
+            raise ValueError(
+                f"input has {image.shape[0]} channels, the model expects {self.layout.total_channels} "
+                f"({', '.join(f'{n}:{len(c)}' for n, c in zip(self.layout.modality_names, self.layout.modality_channels))})"
+            )
+        default = _dtype_max(image.dtype)
+        scale = torch.tensor([s if s is not None else default for s in self.layout.scale],
+                             dtype=torch.float32, device=image.device)
+        mean = torch.tensor(self.layout.mean, dtype=torch.float32, device=image.device)
+        std = torch.tensor(self.layout.std, dtype=torch.float32, device=image.device)
+        mult = 1.0 / (scale * std)
+        if self.zero_channels:
+            mult[self.zero_channels] = 0.0
+        add = -mean / std
+        if self.zero_channels:
+            add[self.zero_channels] = 0.0
+        return image.to(torch.float32) * mult[:, None, None] + add[:, None, None]
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):  # noqa: ANN201
+        if self.resize_mode == "native":
+            return image, target
+        return super().resize(image, target)
+
+
+class MultiModalBackbone(nn.Module):
+    """Encoder (dual- or single-stream) followed by an FPN with an extra max-pool level."""
+
+    def __init__(self, encoder: nn.Module, stream_channels: tuple[tuple[int, ...], ...], fpn_channels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.stream_channels = stream_channels
+        self._slices = [_as_slice(c) for c in stream_channels]
+        self.fpn = FeaturePyramidNetwork(encoder.out_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = fpn_channels
+
+    def select(self, x: Tensor, stream: int) -> Tensor:
+        sl = self._slices[stream]
+        return x[:, sl] if sl is not None else x[:, list(self.stream_channels[stream])]
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        if len(self.stream_channels) == 2:
+            feats = self.encoder(self.select(x, 0), self.select(x, 1))
+        else:
+            feats = self.encoder(self.select(x, 0))
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def _as_slice(channels: tuple[int, ...]) -> slice | None:
+    if channels and list(channels) == list(range(channels[0], channels[-1] + 1)):
+        return slice(channels[0], channels[-1] + 1)
+    return None
+
+
+class MultiModalFasterRCNN(FasterRCNN):
+    """torchvision Faster R-CNN over a :class:`MultiModalBackbone`, with modality-aware preprocessing."""
+
+    layout: InputLayout
+
+    def set_zero_modalities(self, modalities: list[str] | tuple[str, ...]) -> None:
+        """Replace these modalities by zeros after normalisation (missing-sensor evaluation)."""
+        self.transform.zero_channels = self.layout.channels_of(list(modalities))
+
+    @property
+    def zero_modalities(self) -> list[str]:
+        zeroed = set(self.transform.zero_channels)
+        return [n for n, c in zip(self.layout.modality_names, self.layout.modality_channels) if c and set(c) <= zeroed]
+
+
+def build_encoder(config: ExperimentConfig, layout: InputLayout) -> nn.Module:
+    m = config.model
+    spec = mit_spec(m.backbone, **m.mit.model_dump())
+    if len(layout.stream_channels) == 2:
+        plan = FusionPlan.from_config(m.fusion)
+        return DualStreamEncoder(spec, (len(layout.stream_channels[0]), len(layout.stream_channels[1])), plan,
+                                 m.fusion, m.drop_path_rate, m.grad_checkpointing)
+    return SingleStreamEncoder(spec, len(layout.stream_channels[0]), m.drop_path_rate, m.grad_checkpointing)
+
+
+def build_detector(config: ExperimentConfig, num_classes: int | None = None) -> MultiModalFasterRCNN:
+    """Build the detector described by ``config``.
+
+    ``num_classes`` counts foreground classes; it defaults to ``model.num_classes``, else 1.
+    """
+    classes = num_classes or config.model.num_classes or 1
+    layout = InputLayout.from_config(config)
+    det = config.model.detector
+    backbone = MultiModalBackbone(build_encoder(config, layout), layout.stream_channels, det.fpn_channels)
+    anchors = AnchorGenerator(tuple(tuple(s) for s in det.anchor_sizes),
+                              (tuple(det.aspect_ratios),) * len(det.anchor_sizes))
+    roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3", "pool"], output_size=7, sampling_ratio=2)
+    box_head = TwoMLPHead(det.fpn_channels * 7 * 7, det.box_head_dim)
+    rpn, roi = det.rpn, det.roi
+    model = MultiModalFasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=det.min_size,
+        max_size=det.max_size,
+        image_mean=list(layout.mean),
+        image_std=list(layout.std),
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=rpn.pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn.pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=rpn.post_nms_top_n_train,
+        rpn_post_nms_top_n_test=rpn.post_nms_top_n_test,
+        rpn_nms_thresh=rpn.nms_thresh,
+        rpn_fg_iou_thresh=rpn.fg_iou_thresh,
+        rpn_bg_iou_thresh=rpn.bg_iou_thresh,
+        rpn_batch_size_per_image=rpn.batch_size_per_image,
+        rpn_positive_fraction=rpn.positive_fraction,
+        rpn_score_thresh=rpn.score_thresh,
+        box_roi_pool=roi_pool,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(det.box_head_dim, classes + 1),
+        box_score_thresh=det.score_thresh,
+        box_nms_thresh=roi.nms_thresh,
+        box_detections_per_img=det.detections_per_img,
+        box_fg_iou_thresh=roi.fg_iou_thresh,
+        box_bg_iou_thresh=roi.bg_iou_thresh,
+        box_batch_size_per_image=roi.batch_size_per_image,
+        box_positive_fraction=roi.positive_fraction,
+    )
+    model.transform = MultiModalTransform(layout, det.resize, det.min_size, det.max_size, det.size_divisible)
+    model.layout = layout
+    model.num_classes = classes
+    model.set_zero_modalities(config.model.zero_modalities)
+    return model

@@ -1,0 +1,1 @@
+"""Ablation studies: specs, runner, launchers, aggregation, reports."""
