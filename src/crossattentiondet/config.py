@@ -718,6 +718,10 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source
     tree = copy.deepcopy(raw)
     if is_legacy(tree):
         tree = translate_legacy(tree)
+    if overrides:
+        # start from the defaults so an override can reach into a list the file did not spell out
+        # (data.modalities.1.mean=...); the file's own values still win, unknown keys still fail
+        tree = _deep_merge(ExperimentConfig().model_dump(mode="json"), tree)
     for text in overrides or []:
         path, value = parse_override(text)
         set_dotted(tree, path, value)

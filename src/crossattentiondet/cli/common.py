@@ -24,3 +24,17 @@ def config_from_args(args: argparse.Namespace, extra_overrides: list[str] | None
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x480' -> (640, 480); a clear error otherwise."""
+    from crossattentiondet.config import ConfigError
+
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"size {text!r} must look like WIDTHxHEIGHT, e.g. 640x480") from None
+    if width <= 0 or height <= 0:
+        raise ConfigError(f"size {text!r} must be positive")
+    return width, height

@@ -3,7 +3,65 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from crossattentiondet.cli.common import add_config_args, config_from_args, parse_size, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("model-info", help="parameters per component and FLOPs of a configured detector")
+    p = sub.add_parser("model-info", help="parameters per component and FLOPs of a configured detector",
+                       description="Build the configured detector (random weights, no data needed) and report "
+                                   "parameters per component, size and FLOPs.")
+    add_config_args(p)
+    p.add_argument("--size", default="640x480", metavar="WxH",
+                   help="input size for FLOPs (default 640x480); 'none' to skip FLOPs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_model_info)
+
+    p = sub.add_parser("convert-original", help="convert an original CrossAttentionDet checkpoint",
+                       description="Convert a full original detector checkpoint (.pth) into this project's "
+                                   "checkpoint format.")
+    p.add_argument("input", metavar="IN.pth")
+    p.add_argument("output", metavar="OUT.pt")
+    p.add_argument("--backbone", default="mit_b1", choices=[f"mit_b{i}" for i in range(6)])
+    p.set_defaults(func=cmd_convert_original)
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from crossattentiondet.engine.modelinfo import model_info
+
+    config = config_from_args(args)
+    size = None if args.size.lower() == "none" else parse_size(args.size)
+    info = model_info(config, size)
+    if args.json:
+        print_json(info)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{info['backbone']} detector, {info['num_classes']} class(es)", caption=f"fusion: {info['fusion_plan']}")
+    table.add_column("component")
+    table.add_column("parameters", justify="right")
+    for name, count in info["components"].items():
+        table.add_row(name, f"{count:,}")
+    table.add_row("[bold]total[/bold]", f"[bold]{info['total_params']:,}[/bold]")
+    console = Console()
+    console.print(table)
+    console.print(f"size: {info['size_mb']:.1f} MB (fp32)")
+    if "flops" in info:
+        f = info["flops"]
+        console.print(f"FLOPs at {f['size'][0]}x{f['size'][1]}: backbone {f['backbone_gflops']:.2f} G, "
+                      f"whole detector {f['detector_gflops']:.2f} G per image")
+    return 0
+
+
+def cmd_convert_original(args: argparse.Namespace) -> int:
+    import torch
+
+    from crossattentiondet.compat import convert_original_checkpoint
+    from crossattentiondet.io import atomic_write
+
+    checkpoint = convert_original_checkpoint(args.input, args.backbone)
+    atomic_write(Path(args.output), lambda p: torch.save(checkpoint, p))
+    print(f"converted {args.input} ({args.backbone}, {checkpoint['num_classes']} class(es)) -> {args.output}")
+    return 0

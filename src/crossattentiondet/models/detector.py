@@ -159,10 +159,13 @@ def build_encoder(config: ExperimentConfig, layout: InputLayout) -> nn.Module:
     return SingleStreamEncoder(spec, len(layout.stream_channels[0]), m.drop_path_rate, m.grad_checkpointing)
 
 
-def build_detector(config: ExperimentConfig, num_classes: int | None = None) -> MultiModalFasterRCNN:
+def build_detector(config: ExperimentConfig, num_classes: int | None = None,
+                   load_pretrained: bool = True) -> MultiModalFasterRCNN:
     """Build the detector described by ``config``.
 
     ``num_classes`` counts foreground classes; it defaults to ``model.num_classes``, else 1.
+    ``model.pretrained`` weights are loaded into every stream unless ``load_pretrained`` is False
+    (e.g. when a checkpoint will overwrite them anyway).
     """
     classes = num_classes or config.model.num_classes or 1
     layout = InputLayout.from_config(config)
@@ -206,4 +209,8 @@ def build_detector(config: ExperimentConfig, num_classes: int | None = None) -> 
     model.layout = layout
     model.num_classes = classes
     model.set_zero_modalities(config.model.zero_modalities)
+    if config.model.pretrained and load_pretrained:
+        from crossattentiondet.models.weights import load_pretrained_encoder
+
+        load_pretrained_encoder(backbone.encoder, config.model.pretrained)
     return model
