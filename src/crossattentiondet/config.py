@@ -386,7 +386,7 @@ class ScheduleConfig(StrictModel):
     power: float = Field(default=0.9, gt=0)  # poly
     warmup_epochs: float = Field(default=0.0, ge=0)
     warmup_iters: int = Field(default=0, ge=0)  # used when warmup_epochs is 0
-    warmup_factor: float = Field(default=0.001, gt=0, le=1)
+    warmup_factor: float = Field(default=0.001, ge=0, le=1)
 
 
 class EmaConfig(StrictModel):
@@ -732,18 +732,49 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source
         raise ConfigError(format_validation_error(err, where)) from None
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(text: str | Path, relative_to: Path | None = None) -> Path:
+    """A config file path, or ``preset:NAME`` for a preset shipped with the package (``preset:demo``)."""
+    text = str(text)
+    if text.startswith("preset:"):
+        name = text[len("preset:"):]
+        path = PRESETS_DIR / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+        return path
+    path = Path(text)
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path
+    return path
+
+
+def read_config_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a config file, with its ``base:`` chain (file or ``preset:NAME``) merged in."""
+    path = resolve_config_path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: circular 'base:' chain")
+    raw = _read_file(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = resolve_config_path(base, relative_to=path.parent)
+    return _deep_merge(read_config_tree(base_path, (*_seen, path.resolve())), raw)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Defaults, then the file at ``path`` (YAML or JSON, this layout or the original's), then overrides."""
+    """Defaults, then the file at ``path`` (YAML or JSON, this layout or the original's, or ``preset:NAME``;
+    ``base: other.yaml`` builds on another file), then dotted overrides."""
     raw: dict[str, Any] = {}
     source = ""
     if path is not None:
-        path = Path(path)
-        raw = _read_file(path)
+        raw = read_config_tree(path)
         source = str(path)
-        base = raw.pop("base", None)  # a preset may build on another file: base: other.yaml
-        if base is not None:
-            base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-            raw = _deep_merge(_read_file(base_path), raw)
     return build_config(raw, overrides, source)
 
 

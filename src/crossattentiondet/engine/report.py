@@ -1,0 +1,179 @@
+"""The end of a run: test evaluation with the best weights, and everything written about it.
+
+Writes into the run directory: predictions_<split>.json (COCO results), metrics.json, final_results.json
+(the original project's format and key names), model_info.json, plots/ (PR curve, sample panels, training
+curves, missing-modality robustness).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossattentiondet.config import ExperimentConfig, config_to_dict
+from crossattentiondet.engine.runtime import DistInfo
+
+ORIGINAL_RESULT_KEYS = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large")
+
+
+def used_modalities(model: nn.Module) -> list[str]:
+    """Modalities whose channels feed some stream (the ones worth zeroing in a robustness test)."""
+    layout = model.layout
+    used = {c for stream in layout.stream_channels for c in stream}
+    return [name for name, chans in zip(layout.modality_names, layout.modality_channels) if set(chans) & used]
+
+
+def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentConfig, device: torch.device,
+                   info: DistInfo, out_dir: Path, log: Any, *, tag: str = "") -> dict[str, Any]:
+    """Evaluate ``model`` on ``split`` and write predictions, metrics, plots into ``out_dir``.
+
+    Returns a JSON-ready summary: metrics, per-class AP, robustness rows, speed. Only rank 0 writes.
+    """
+    from crossattentiondet.engine.evaluate import evaluate, robustness_table, save_predictions
+
+    ev = config.eval
+    batch = ev.batch_size or config.train.batch_size
+    loader = data.loader(split, False, batch, distributed=info.enabled)
+    result = evaluate(model, loader, device, precision=config.train.precision, class_names=data.class_names,
+                      dist_info=info)
+    summary: dict[str, Any] = {"split": split, "images": len(data.splits[split]), "metrics": result.metrics,
+                               "per_class": result.per_class}
+    modalities = used_modalities(model)
+    if ev.robustness and len(modalities) > 1:
+        rows = robustness_table(model, loader, device, precision=config.train.precision,
+                                class_names=data.class_names, modalities=modalities, dist_info=info)
+        summary["robustness"] = rows
+    if not info.is_main:
+        return summary
+
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    save_predictions(out_dir / f"predictions_{split}{tag}.json", result.predictions)
+    from crossattentiondet import viz
+
+    viz.plot_pr_curve(result, plots / f"pr_curve_{split}{tag}.png", data.class_names)
+    if "robustness" in summary:
+        viz.plot_robustness(summary["robustness"], plots / f"robustness_{split}{tag}.png")
+    if ev.panels > 0:
+        _panels(model, data, split, config, device, plots / f"panels_{split}{tag}.png")
+    if ev.speed:
+        summary["speed"] = speed_and_size(model, data, split, config, device)
+    log.info(f"{split}: mAP {result.metrics['mAP']:.4f}  mAP50 {result.metrics['mAP_50']:.4f}  "
+             f"mAP75 {result.metrics['mAP_75']:.4f}  ({summary['images']} images)")
+    for row in summary.get("robustness", [])[1:]:
+        log.info(f"{split} with {row['zeroed']} zeroed: mAP {row['mAP']:.4f}")
+    return summary
+
+
+def _panels(model: nn.Module, data: Any, split: str, config: ExperimentConfig, device: torch.device, path: Path) -> None:
+    """One PNG with a fixed number of samples (eval.panels), ground truth and predictions."""
+    from crossattentiondet import viz
+    from crossattentiondet.engine.runtime import autocast
+
+    dataset = data.dataset(split, False)
+    count = min(config.eval.panels, len(dataset))
+    images, targets, predictions = [], [], []
+    model.eval()
+    for index in range(count):
+        item = dataset[index]
+        if item is None:
+            continue
+        image, target, _ = item
+        with torch.inference_mode(), autocast(device, config.train.precision):
+            out = model([image.to(device)])[0]
+        images.append(image)
+        targets.append(target)
+        predictions.append({k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()})
+    viz.save_panels(images, targets, predictions, model.layout, data.class_names, path, max_panels=count)
+
+
+def speed_and_size(model: nn.Module, data: Any, split: str, config: ExperimentConfig, device: torch.device) -> dict[str, Any]:
+    """Parameters, size, FLOPs at the evaluation resolution, latency and throughput, peak memory."""
+    from crossattentiondet.engine.modelinfo import count_flops, count_params, model_size_mb
+    from crossattentiondet.engine.speed import measure_inference
+
+    dataset = data.dataset(split, False)
+    samples = [dataset[i] for i in range(min(len(dataset), 8))]
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return {}
+    heights = [int(s[0].shape[1]) for s in samples]
+    widths = [int(s[0].shape[2]) for s in samples]
+    size = (int(statistics.median(widths)), int(statistics.median(heights)))
+    images = [s[0].to(device) for s in samples[: config.eval.batch_size or config.train.batch_size]]
+    speed = measure_inference(model, images, device, config.train.precision, warmup=1, iters=config.eval.speed_iters)
+    flops = count_flops(model, size)
+    return {
+        "params": count_params(model),
+        "size_mb": round(model_size_mb(model), 3),
+        "eval_size": list(size),
+        **{k: round(v, 3) for k, v in flops.items()},
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in speed.items()},
+        "device": str(device),
+        "precision": config.train.precision,
+    }
+
+
+def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any, run_dir: Path, device: torch.device,
+               info: DistInfo, log: Any, best_val: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Evaluate the best weights once on the test split and write the run's final files."""
+    from crossattentiondet.io import atomic_write_json
+
+    split = config.eval.split
+    if not data.splits.get(split):
+        log.info(f"warning: the {split} split is empty; no final evaluation")
+        summary: dict[str, Any] = {"split": split, "metrics": {}}
+    else:
+        summary = evaluate_split(model, data, split, config, device, info, run_dir, log)
+    if not info.is_main:
+        return summary["metrics"], best_val
+    from crossattentiondet import viz
+
+    if (run_dir / "metrics.csv").is_file():
+        viz.plot_training_curves(run_dir / "metrics.csv", run_dir / "plots" / "training_curves.png")
+    speed = summary.get("speed", {})
+    model_block = {"backbone": config.model.backbone, "streams": config.model.streams,
+                   "fusion": model.backbone.encoder.plan.describe() if hasattr(model.backbone.encoder, "plan") else "single stream",
+                   "num_classes": data.num_classes, "class_names": data.class_names,
+                   **{k: speed[k] for k in ("params", "size_mb", "backbone_gflops", "detector_gflops", "eval_size") if k in speed}}
+    training = {"epochs": state.epoch, "best_epoch": state.best_epoch,
+                "best_val_mAP": None if not math.isfinite(state.best_metric) else state.best_metric,
+                "skipped_updates": state.skipped_total, "stopped_early": state.stopped_early,
+                "train_time_s": round(state.train_time_s, 1), "train_images": len(data.splits["train"]),
+                "val_images": len(data.splits.get("val", [])), "test_images": len(data.splits.get(split, []))}
+    metrics = summary["metrics"]
+    final = {
+        "experiment_id": config.name,
+        "config": config_to_dict(config),
+        "results": {**{k: metrics.get(k) for k in ORIGINAL_RESULT_KEYS}, **metrics},
+        "validation": best_val,
+        "per_class": summary.get("per_class", {}),
+        "robustness": summary.get("robustness", []),
+        "training": training,
+        "model": model_block,
+        "speed": speed,
+    }
+    atomic_write_json(run_dir / "final_results.json", _json_safe(final))
+    atomic_write_json(run_dir / "metrics.json", _json_safe({"split": split, "test": metrics, "val": best_val,
+                                                            "per_class": summary.get("per_class", {}),
+                                                            "best_epoch": state.best_epoch}))
+    atomic_write_json(run_dir / "model_info.json", _json_safe({**model_block, **speed}))
+    log.final(metrics, [run_dir / "final_results.json"])
+    log.info(f"done: {run_dir} (final_results.json, metrics.csv, checkpoints/best.pt, plots/)")
+    return metrics, best_val
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None (JSON null), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -1,0 +1,465 @@
+"""The training loop. Reads top to bottom: data -> model -> optimizer -> resume -> epochs -> test.
+
+One call of :func:`train` is one run in one directory (``<output.root>/<name>``). It is resumable from
+``checkpoints/last.pt`` with identical results, works on CPU and CUDA, and under ``torchrun`` (DDP: only
+rank 0 writes, metrics are gathered from all ranks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from crossattentiondet.config import ConfigError, ExperimentConfig, build_config, config_to_dict, diff_configs, save_config
+from crossattentiondet.engine.checkpoint import load_checkpoint, save_checkpoint
+from crossattentiondet.engine.ema import ModelEMA
+from crossattentiondet.engine.freeze import apply_freeze
+from crossattentiondet.engine.optim import build_optimizer, build_schedule, effective_batch, scaled_lr
+from crossattentiondet.engine.runlog import RunLog
+from crossattentiondet.engine.runtime import (
+    DistInfo,
+    all_reduce_mean,
+    autocast,
+    barrier,
+    check_precision,
+    configure_backends,
+    init_distributed,
+    main_first,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from crossattentiondet.errors import TrainingError
+
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+# keys that may change when a run is resumed (they do not change what is being trained)
+RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.log_every", "train.iteration_csv", "data.loader.",
+                     "output.", "eval.")
+
+
+@dataclass
+class TrainState:
+    """Counters saved in last.pt; with the RNG states they make a resumed run identical."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0  # optimizer updates attempted (the schedule's clock)
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    skipped_total: int = 0
+    bad_streak: int = 0
+    stale_validations: int = 0
+    train_time_s: float = 0.0
+    stopped_early: bool = False
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    state: TrainState
+    finished: bool
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False, stop_after_epoch: int | None = None,
+          echo: Callable[[str], None] = print) -> RunResult:
+    """Train (or resume) the run described by ``config``; returns where it is and its final metrics.
+
+    ``resume=True`` continues ``<run_dir>/checkpoints/last.pt``; a path names a run directory or checkpoint
+    (``config`` may then be None: the run's own config is used).
+    ``stop_after_epoch`` ends this session after that many completed epochs (as if interrupted), leaving a
+    resumable run: used for time-boxed jobs and by the resume tests.
+    """
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(_resume_path(resume, config))
+        if "training" not in checkpoint:
+            raise TrainingError(f"{checkpoint['path']} has no training state (only last.pt can be resumed)")
+        user_config = _config_for_resume(checkpoint, config)
+        run_dir = Path(checkpoint["path"]).parent.parent
+    elif config is None:
+        raise ConfigError("no config to train (give --config or overrides, or --resume a run)")
+    else:
+        user_config, run_dir = config, config.run_dir
+    info = init_distributed(user_config.train.device)
+    device = resolve_device(user_config.train.device, info)
+    check_precision(user_config.train.precision, device)
+    configure_backends(user_config.train.tf32, user_config.train.deterministic)
+    if checkpoint is not None:
+        if checkpoint["epoch"] >= user_config.train.epochs and (run_dir / "final_results.json").is_file():
+            echo(f"run {run_dir} already finished ({checkpoint['epoch']} epochs); nothing to do")
+            return _finished_result(run_dir, checkpoint)
+    elif (run_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"run directory {run_dir} already has a checkpoint: continue it with --resume, or "
+                          "choose another name=... / output.root=...")
+
+    log = RunLog(run_dir, info.is_main, tensorboard=user_config.output.tensorboard,
+                 iteration_csv=user_config.train.iteration_csv, mlflow=user_config.output.mlflow, echo=echo)
+    try:
+        return _run(user_config, checkpoint, run_dir, info, device, log, stop_after_epoch)
+    finally:
+        log.close()
+
+
+def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_dir: Path, info: DistInfo,
+         device: torch.device, log: RunLog, stop_after_epoch: int | None) -> RunResult:
+    from crossattentiondet.data import prepare_data
+    from crossattentiondet.models import build_detector
+
+    cfg_train = user_config.train
+    log.info(f"run {run_dir} on {device}{f' x{info.world_size} (DDP)' if info.enabled else ''}, "
+             f"precision {cfg_train.precision}" + (" (resumed)" if checkpoint else ""))
+    seed_everything(user_config.seed)
+
+    # ---- data: check first, then splits and loaders (rank 0 prepares caches, the others wait)
+    with main_first(info):
+        data = prepare_data(user_config, run_dir if info.is_main else None, log=log.info)
+    config = data.resolved_config
+    if info.is_main:
+        save_config(config, run_dir / "config.yaml")
+    train_loader = data.loader("train", True, cfg_train.batch_size, distributed=info.enabled, seed=user_config.seed)
+    eval_batch = user_config.eval.batch_size or cfg_train.batch_size
+    has_val = bool(data.splits.get("val"))
+    val_loader = data.loader("val", False, eval_batch, distributed=info.enabled) if has_val else None
+    if len(train_loader) == 0:
+        raise TrainingError(f"the train split of {data.root} is empty; check data.split")
+    if not has_val:
+        log.info("warning: no validation split (data.split.val=0): best.pt is the last epoch, no early stopping")
+
+    # ---- model, optimizer, schedule, scaler, EMA
+    model = build_detector(config, data.num_classes, load_pretrained=checkpoint is None).to(device)
+    if cfg_train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    lr = scaled_lr(cfg_train, info.world_size)
+    optimizer = build_optimizer(model, cfg_train, lr)
+    micro_batches = len(train_loader)
+    if cfg_train.max_iters_per_epoch:
+        micro_batches = min(micro_batches, cfg_train.max_iters_per_epoch * cfg_train.accumulation)
+    updates_per_epoch = math.ceil(micro_batches / cfg_train.accumulation)
+    schedule = build_schedule(optimizer, cfg_train, updates_per_epoch, lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg_train.precision == "fp16")
+    ema = ModelEMA(model, cfg_train.ema.decay) if cfg_train.ema.enabled else None
+    state = TrainState()
+    log.info(f"{config.model.backbone} {len(config.model.streams)}-stream detector, {data.num_classes} class(es) "
+             f"{data.class_names}; train/val/test = {len(data.splits['train'])}/{len(data.splits.get('val', []))}/"
+             f"{len(data.splits.get('test', []))} frames; effective batch {effective_batch(cfg_train, info.world_size)} "
+             f"(batch {cfg_train.batch_size} x accumulation {cfg_train.accumulation} x {info.world_size} process(es)), "
+             f"lr {lr:g}")
+
+    # ---- resume
+    if checkpoint is not None:
+        training = checkpoint["training"]
+        model.load_state_dict(training["model"])
+        optimizer.load_state_dict(training["optimizer"])
+        schedule.load_state_dict(training["schedule"])
+        scaler.load_state_dict(training["scaler"])
+        if ema is not None:
+            ema.load_state_dict(training["ema"])
+        state = TrainState(**training["state"])
+        set_rng_state(training["rng"])
+        log.resume_from(state.epoch)
+        log.info(f"resumed from {checkpoint['path']} after epoch {state.epoch} (step {state.global_step})")
+    else:
+        log.params(_flatten(config_to_dict(config)))
+
+    ckpt_dir = run_dir / "checkpoints"
+    eval_model = ema.module if ema is not None else model
+    frozen: list[int] | None = None
+    ddp_model: nn.Module = model
+    for epoch in range(state.epoch, cfg_train.epochs):
+        stages = apply_freeze(model, cfg_train.freeze, epoch)
+        if stages != frozen:
+            if stages or frozen:
+                log.info(f"epoch {epoch + 1}: encoder stages frozen: {stages or 'none'}")
+            frozen = stages
+            ddp_model = _wrap_ddp(model, info, device)  # DDP must see the current requires_grad flags
+        epoch_start = time.perf_counter()
+        stats = _train_one_epoch(ddp_model, model, ema, optimizer, schedule, scaler, train_loader, micro_batches,
+                                 epoch, state, config, info, device, log)
+        state.epoch = epoch + 1
+        state.train_time_s += time.perf_counter() - epoch_start
+        row: dict[str, Any] = {"epoch": epoch + 1, **stats, "frozen_stages": stages,
+                               "epoch_time_s": time.perf_counter() - epoch_start}
+
+        # ---- validation, best checkpoint, early stopping
+        validate_now = has_val and (state.epoch % cfg_train.val_every == 0 or state.epoch == cfg_train.epochs)
+        if validate_now:
+            start = time.perf_counter()
+            val = _evaluate(eval_model, val_loader, device, config, data.class_names, info)
+            row.update({f"val_{k}": v for k, v in val.metrics.items()})
+            row["val_time_s"] = time.perf_counter() - start
+            val_map = _finite(val.metrics["mAP"])
+            if val_map > state.best_metric + cfg_train.early_stopping.min_delta or state.best_epoch == 0:
+                state.best_metric, state.best_epoch, state.stale_validations = val_map, state.epoch, 0
+                if info.is_main:
+                    save_checkpoint(ckpt_dir / "best.pt", _inference_checkpoint(eval_model, config, data, state,
+                                                                               {"val": val.metrics}))
+            else:
+                state.stale_validations += 1
+            log.info(f"epoch {state.epoch}/{cfg_train.epochs}: val mAP {val.metrics['mAP']:.4f} "
+                     f"mAP50 {val.metrics['mAP_50']:.4f} (best {state.best_metric:.4f} at epoch {state.best_epoch})")
+        elif not has_val and info.is_main:
+            state.best_epoch = state.epoch
+            save_checkpoint(ckpt_dir / "best.pt", _inference_checkpoint(eval_model, config, data, state, {}))
+        patience = cfg_train.early_stopping.patience
+        if patience and has_val and state.stale_validations >= patience:
+            state.stopped_early = True
+            log.info(f"early stopping: no validation improvement for {patience} validations")
+
+        # ---- last.pt, then metrics (so metrics never mention an epoch that a resume would redo)
+        if info.is_main:
+            last = _inference_checkpoint(eval_model, config, data, state, {})
+            last["training"] = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "rng": rng_state(), "state": asdict(state), "user_config": config_to_dict(user_config),
+            }
+            save_checkpoint(ckpt_dir / "last.pt", last)
+            every = cfg_train.checkpoint_every
+            if every and state.epoch % every == 0:
+                save_checkpoint(ckpt_dir / f"epoch_{state.epoch:03d}.pt", _inference_checkpoint(eval_model, config, data, state, {}))
+            log.epoch(row, state.global_step)
+        barrier(info)
+        if state.stopped_early:
+            break
+        if stop_after_epoch is not None and state.epoch >= stop_after_epoch and state.epoch < cfg_train.epochs:
+            log.info(f"stopping after epoch {state.epoch} as asked; continue with --resume")
+            return RunResult(run_dir, state, finished=False)
+
+    # ---- final evaluation on the test split with the best weights
+    from crossattentiondet.engine.report import finish_run
+
+    best = load_checkpoint(ckpt_dir / "best.pt")
+    eval_model.load_state_dict(best["model"])
+    test_metrics, val_metrics = finish_run(eval_model, data, config, state, run_dir, device, info, log,
+                                           best.get("metrics", {}).get("val", {}))
+    return RunResult(run_dir, state, finished=True, test_metrics=test_metrics, val_metrics=val_metrics)
+
+
+# ------------------------------------------------------------------------------------------- one epoch
+def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
+                     schedule: Any, scaler: torch.amp.GradScaler, loader: Any, micro_batches: int, epoch: int,
+                     state: TrainState, config: ExperimentConfig, info: DistInfo, device: torch.device,
+                     log: RunLog) -> dict[str, Any]:
+    cfg = config.train
+    ddp_model.train()
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if batch_sampler is not None and hasattr(batch_sampler, "set_epoch"):
+        batch_sampler.set_epoch(epoch)
+    accumulation = cfg.accumulation
+    full_groups = micro_batches // accumulation
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    sums = dict.fromkeys(("loss", *LOSS_KEYS), 0.0)
+    counted = 0
+    images_seen = 0
+    skipped = 0
+    group_ok = True
+    group_stems: list[str] = []
+    start = time.perf_counter()
+    progress = _Progress(log.enabled, f"epoch {epoch + 1}/{cfg.epochs}", micro_batches)
+    optimizer.zero_grad(set_to_none=True)
+    with progress:
+        for i, (images, targets, metas) in enumerate(loader):
+            if i >= micro_batches:
+                break
+            group_index, position = divmod(i, accumulation)
+            group_size = accumulation if group_index < full_groups else micro_batches - full_groups * accumulation
+            last_in_group = position == group_size - 1
+            images = [img.to(device, non_blocking=True) for img in images]
+            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            group_stems += [m["stem"] for m in metas]
+            sync = contextlib.nullcontext() if (last_in_group or not info.enabled) else ddp_model.no_sync()
+            with sync:
+                with autocast(device, cfg.precision):
+                    losses = ddp_model(images, targets)
+                loss = sum(losses.values())
+                finite = _all_ranks_true(bool(torch.isfinite(loss).item()), info, device)
+                if finite:
+                    scaler.scale(loss / group_size).backward()
+                    for key in LOSS_KEYS:
+                        sums[key] += float(losses[key].detach())
+                    sums["loss"] += float(loss.detach())
+                    counted += 1
+                else:
+                    group_ok = False
+            images_seen += len(images) * info.world_size
+            if not last_in_group:
+                continue
+
+            # ---- one optimizer update per accumulation group (or a skipped one)
+            if group_ok:
+                if scaler.is_enabled():
+                    scaler.unscale_(optimizer)
+                max_norm = cfg.grad_clip if cfg.grad_clip else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm) if trainable else torch.tensor(0.0)
+                # fp16 overflow is the GradScaler's business (it skips the step and lowers the scale)
+                group_ok = scaler.is_enabled() or _all_ranks_true(bool(torch.isfinite(grad_norm).item()), info, device)
+            if group_ok:
+                scaler.step(optimizer)
+                scaler.update()
+                if ema is not None:
+                    ema.update(model)
+                state.bad_streak = 0
+            else:
+                skipped += 1
+                state.skipped_total += 1
+                state.bad_streak += 1
+                log.info(f"epoch {epoch + 1} iteration {i + 1}: non-finite loss or gradient, update skipped "
+                         f"({state.bad_streak} in a row); batch files: {', '.join(group_stems[:8])}")
+                if state.bad_streak >= cfg.max_nonfinite:
+                    raise TrainingError(
+                        f"{state.bad_streak} consecutive updates had non-finite losses or gradients (epoch "
+                        f"{epoch + 1}, iteration {i + 1}; last files: {', '.join(group_stems[:8])}). The last good "
+                        "checkpoint is kept. Lower train.lr, set train.grad_clip, try train.precision=fp32, or "
+                        "check the data with `cadet data check`.")
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            state.global_step += 1
+            group_ok = True
+            group_stems = []
+            elapsed = time.perf_counter() - start
+            current = {k: v / max(counted, 1) for k, v in sums.items()}
+            lr = optimizer.param_groups[-1]["lr"]
+            progress.update(i + 1, current["loss"], lr, images_seen / max(elapsed, 1e-9))
+            if state.global_step % cfg.log_every == 0:
+                log.batch({"epoch": epoch + 1, "iteration": i + 1, "global_step": state.global_step,
+                           **{k: float(losses[k].detach()) if finite else float("nan") for k in LOSS_KEYS},
+                           "loss": float(loss.detach()), "lr": lr, "img_per_s": images_seen / max(elapsed, 1e-9)})
+    if counted == 0:
+        raise TrainingError(f"epoch {epoch + 1}: every batch had a non-finite loss; nothing was learned")
+    elapsed = time.perf_counter() - start
+    means = all_reduce_mean({k: v / counted for k, v in sums.items()}, info, device)
+    return {**means, "lr": optimizer.param_groups[-1]["lr"], "skipped_updates": skipped,
+            "train_img_per_s": images_seen / max(elapsed, 1e-9)}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _evaluate(model: nn.Module, loader: Any, device: torch.device, config: ExperimentConfig, class_names: list[str],
+              info: DistInfo) -> Any:
+    from crossattentiondet.engine.evaluate import evaluate
+
+    return evaluate(model, loader, device, precision=config.train.precision, class_names=class_names, dist_info=info)
+
+
+def _wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    if not info.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def _all_ranks_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Every rank must agree to skip a backward/step, or DDP's collective calls would hang."""
+    if not info.enabled:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _finite(value: float) -> float:
+    return value if value == value else -math.inf  # NaN (no ground truth) never counts as an improvement
+
+
+def _inference_checkpoint(eval_model: nn.Module, config: ExperimentConfig, data: Any, state: TrainState,
+                          metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"model": eval_model.state_dict(), "config": config_to_dict(config), "class_names": data.class_names,
+            "num_classes": data.num_classes, "epoch": state.epoch, "metrics": metrics}
+
+
+def _resume_path(resume: bool | str | Path, config: ExperimentConfig | None) -> Path:
+    if resume is True:
+        if config is None:
+            raise ConfigError("--resume without a path needs the run's config (--config/overrides) to find it")
+        path = config.run_dir / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"nothing to resume: {path} does not exist (start the run without --resume)")
+        return path
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+    return path
+
+
+def _config_for_resume(checkpoint: dict[str, Any], requested: ExperimentConfig | None) -> ExperimentConfig:
+    """The run's own config; a requested config may only differ in what does not change the training
+    (more epochs, another device, logging, evaluation and output settings)."""
+    saved = build_config(checkpoint["training"]["user_config"])
+    if requested is None:
+        return saved
+    changed = diff_configs(saved, requested)
+    blocked = {k: v for k, v in changed.items() if k != "name" and not k.startswith(RESUMABLE_CHANGES)}
+    if blocked:
+        details = ", ".join(f"{k}={v!r}" for k, v in list(blocked.items())[:5])
+        raise ConfigError(f"cannot resume {checkpoint['path']} with a different configuration ({details}); "
+                          "resume with the run's own settings or start a new run name")
+    return requested.model_copy(update={"name": saved.name})
+
+
+def _finished_result(run_dir: Path, checkpoint: dict[str, Any]) -> RunResult:
+    from crossattentiondet.io import read_json
+
+    final = read_json(run_dir / "final_results.json")
+    state = TrainState(**checkpoint["training"]["state"])
+    return RunResult(run_dir, state, finished=True, test_metrics=final.get("results", {}),
+                     val_metrics=final.get("validation", {}))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+class _Progress:
+    """A rich progress bar (loss, lr, img/s, ETA) on interactive terminals; silent otherwise."""
+
+    def __init__(self, enabled: bool, description: str, total: int) -> None:
+        self.progress = None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
+                                            "{task.fields[ips]:.1f} img/s"),
+                                 TimeRemainingColumn(), console=console, transient=True)
+        self.task = self.progress.add_task(description, total=total, loss=0.0, lr=0.0, ips=0.0)
+
+    def __enter__(self) -> _Progress:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, completed: int, loss: float, lr: float, ips: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=completed, loss=loss, lr=lr, ips=ips)
