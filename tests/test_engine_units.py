@@ -12,7 +12,13 @@ from crossattentiondet.config import FreezeConfig, ScheduleConfig, TrainConfig, 
 from crossattentiondet.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossattentiondet.engine.ema import ModelEMA
 from crossattentiondet.engine.freeze import apply_freeze, frozen_stages
-from crossattentiondet.engine.optim import build_optimizer, build_schedule, effective_batch, lr_factor, scaled_lr
+from crossattentiondet.engine.optim import (
+    build_optimizer,
+    build_schedule,
+    effective_batch,
+    lr_factor,
+    scaled_lr,
+)
 from crossattentiondet.engine.runtime import autocast, check_precision, resolve_device
 from crossattentiondet.errors import ConfigError, TrainingError
 from crossattentiondet.models import build_detector

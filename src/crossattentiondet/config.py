@@ -74,6 +74,8 @@ class ModalityConfig(StrictModel):
     name: str
     channels: int = Field(ge=1)
     source: list[int] | str | None = None
+    # paired folders: this modality's file is <stem><suffix>.<ext> (FLIR-aligned: "_RGB", "_PreviewData")
+    suffix: str = ""
     mean: list[float]
     std: list[float]
     scale: float | None = Field(default=None, gt=0)

@@ -1,9 +1,146 @@
-"""``cadet data check|stats|synth|convert`` (placeholder until the data layer lands)."""
+"""``cadet data check|stats|convert|synth``: thin wrappers over :mod:`crossattentiondet.data`."""
 
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+from crossattentiondet.cli.common import add_config_args, config_from_args, print_json
+from crossattentiondet.config import ConfigError, SyntheticConfig
+from crossattentiondet.data.layouts import LAYOUTS
+
+LAYOUT_HELP = f"data layout: auto (default: detect), {', '.join(LAYOUTS)}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("data", help="inspect, check, synthesise and convert data sets")
+    parser = sub.add_parser("data", help="inspect, check, synthesise and convert data sets",
+                            description="Check, describe, convert and synthesise data sets.")
+    commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    check = commands.add_parser("check", help="list every problem of a data set (exit status 1 on errors)")
+    check.add_argument("data", metavar="DATA", help="data set root")
+    check.add_argument("--layout", help=LAYOUT_HELP)
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_config_args(check)
+    check.set_defaults(func=run_check)
+
+    stats = commands.add_parser("stats", help="images, boxes per class and size, image sizes, channel mean/std")
+    stats.add_argument("data", metavar="DATA", help="data set root")
+    stats.add_argument("--layout", help=LAYOUT_HELP)
+    stats.add_argument("--out", metavar="FILE", help="where to save the JSON (default DATA/stats.json)")
+    stats.add_argument("--histograms", metavar="DIR", help="also save per-modality histograms as PNG here")
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    add_config_args(stats)
+    stats.set_defaults(func=run_stats)
+
+    convert = commands.add_parser("convert", help="convert between the npy layout and paired folders")
+    convert.add_argument("src", metavar="SRC", help="source data set root (any layout)")
+    convert.add_argument("dst", metavar="DST", help="destination folder (must not exist or be empty)")
+    convert.add_argument("--to", required=True, metavar="npy|folders", help="output layout")
+    convert.add_argument("--layout", help="layout of SRC: " + LAYOUT_HELP.split(": ", 1)[1])
+    convert.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_config_args(convert)
+    convert.set_defaults(func=run_convert)
+
+    defaults = SyntheticConfig()
+    synth = commands.add_parser("synth", help="write the synthetic RGB + thermal + event data set")
+    synth.add_argument("out", metavar="OUT", help="output folder")
+    synth.add_argument("--images", type=int, default=defaults.images, help=f"frames (default {defaults.images})")
+    synth.add_argument("--size", default=f"{defaults.size[0]}x{defaults.size[1]}", metavar="WxH",
+                       help="frame size, width x height (default %(default)s)")
+    synth.add_argument("--classes", type=int, default=defaults.classes, help="classes, 1..5 (default %(default)s)")
+    synth.add_argument("--format", default="npy", metavar="npy|folders", help="output layout (default npy)")
+    synth.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
+    synth.set_defaults(func=run_synth)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from crossattentiondet.data import check_dataset
+
+    config = config_from_args(args)
+    report = check_dataset(args.data, config.data, layout=args.layout)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        for note in report.notes:
+            print(f"note: {note}")
+        for problem in report.problems:
+            print(f"{problem.severity}: {problem}")
+        print(report.summary())
+    return 1 if report.errors else 0
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """Human-readable lines of :func:`~crossattentiondet.data.compute_stats` output."""
+    boxes = stats["boxes"]
+    sizes = ", ".join(f"{k} x{v}" for k, v in list(stats["image_sizes"].items())[:5])
+    more = " ..." if len(stats["image_sizes"]) > 5 else ""
+    lines = [
+        f"images {stats['images']} ({stats['negatives']} without boxes, {stats['unreadable']} unreadable), "
+        f"layout {stats['layout']}",
+        f"image sizes: {sizes}{more}",
+        f"boxes {boxes['total']} ({boxes['per_image']} per image): "
+        + ", ".join(f"{k} {v}" for k, v in boxes["per_class"].items()),
+        "box sizes (COCO): " + ", ".join(f"{k} {v}" for k, v in boxes["sizes"].items()),
+        "channel mean / std on the 0-1 scale (for data.modalities[].mean/std):",
+    ]
+    for name, ch in stats["channels"].items():
+        mean = " ".join(f"{v:.4f}" for v in ch["mean"])
+        std = " ".join(f"{v:.4f}" for v in ch["std"])
+        scale = f"{ch['scale']:g}" if ch["scale"] else "per file"
+        lines.append(f"  {name:<10} scale {scale}  mean {mean}  std {std}")
+    return "\n".join(lines)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from crossattentiondet.data import compute_stats
+    from crossattentiondet.io import atomic_write_json
+
+    config = config_from_args(args)
+    stats = compute_stats(args.data, config.data, layout=args.layout, histograms_dir=args.histograms)
+    out = Path(args.out) if args.out else Path(args.data) / "stats.json"
+    atomic_write_json(out, stats)
+    if args.json:
+        print_json(stats)
+    else:
+        print(format_stats(stats))
+        if stats.get("histograms"):
+            print(f"histograms: {', '.join(stats['histograms'])}")
+        print(f"saved {out}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from crossattentiondet.data import convert_dataset
+
+    config = config_from_args(args)
+    result = convert_dataset(args.src, args.dst, args.to, config.data, layout=args.layout,
+                             log=(lambda _: None) if args.json else print)
+    if args.json:
+        print_json({"dst": str(result.dst), "frames": result.frames, "skipped": result.skipped,
+                    "layout": result.layout})
+    else:
+        print(f"wrote {result.frames} frames to {result.dst} ({result.layout} layout)"
+              + (f", skipped {result.skipped} with errors" if result.skipped else ""))
+    return 0
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``160x128`` -> (160, 128) (width, height); ConfigError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", text)
+    if match is None:
+        raise ConfigError(f"--size must look like WIDTHxHEIGHT (e.g. 160x128), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from crossattentiondet.data.synth import generate_dataset
+
+    size = parse_size(args.size)
+    out = generate_dataset(Path(args.out), args.images, size, args.classes, args.format, args.seed)
+    print(f"wrote {args.images} synthetic frames ({size[0]}x{size[1]}, {args.classes} classes, {args.format}) "
+          f"to {out}")
+    return 0

@@ -21,13 +21,6 @@ from crossattentiondet.engine.runtime import DistInfo
 ORIGINAL_RESULT_KEYS = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large")
 
 
-def used_modalities(model: nn.Module) -> list[str]:
-    """Modalities whose channels feed some stream (the ones worth zeroing in a robustness test)."""
-    layout = model.layout
-    used = {c for stream in layout.stream_channels for c in stream}
-    return [name for name, chans in zip(layout.modality_names, layout.modality_channels) if set(chans) & used]
-
-
 def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentConfig, device: torch.device,
                    info: DistInfo, out_dir: Path, log: Any, *, tag: str = "") -> dict[str, Any]:
     """Evaluate ``model`` on ``split`` and write predictions, metrics, plots into ``out_dir``.
@@ -40,13 +33,12 @@ def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentCo
     batch = ev.batch_size or config.train.batch_size
     loader = data.loader(split, False, batch, distributed=info.enabled)
     result = evaluate(model, loader, device, precision=config.train.precision, class_names=data.class_names,
-                      dist_info=info)
+                      gather=info.enabled)
     summary: dict[str, Any] = {"split": split, "images": len(data.splits[split]), "metrics": result.metrics,
                                "per_class": result.per_class}
-    modalities = used_modalities(model)
-    if ev.robustness and len(modalities) > 1:
+    if ev.robustness and len(model.layout.used_modalities()) > 1:
         rows = robustness_table(model, loader, device, precision=config.train.precision,
-                                class_names=data.class_names, modalities=modalities, dist_info=info)
+                                class_names=data.class_names, gather=info.enabled)
         summary["robustness"] = rows
     if not info.is_main:
         return summary
@@ -158,22 +150,11 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
         "model": model_block,
         "speed": speed,
     }
-    atomic_write_json(run_dir / "final_results.json", _json_safe(final))
-    atomic_write_json(run_dir / "metrics.json", _json_safe({"split": split, "test": metrics, "val": best_val,
-                                                            "per_class": summary.get("per_class", {}),
-                                                            "best_epoch": state.best_epoch}))
-    atomic_write_json(run_dir / "model_info.json", _json_safe({**model_block, **speed}))
+    atomic_write_json(run_dir / "final_results.json", final)
+    atomic_write_json(run_dir / "metrics.json", {"split": split, "test": metrics, "val": best_val,
+                                                 "per_class": summary.get("per_class", {}),
+                                                 "best_epoch": state.best_epoch})
+    atomic_write_json(run_dir / "model_info.json", {**model_block, **speed})
     log.final(metrics, [run_dir / "final_results.json"])
     log.info(f"done: {run_dir} (final_results.json, metrics.csv, checkpoints/best.pt, plots/)")
     return metrics, best_val
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None (JSON null), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from crossattentiondet.config import ConfigError, ExperimentConfig, build_config, config_to_dict, diff_configs, save_config
+from crossattentiondet.config import (
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    config_to_dict,
+    diff_configs,
+    save_config,
+)
 from crossattentiondet.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossattentiondet.engine.ema import ModelEMA
 from crossattentiondet.engine.freeze import apply_freeze
@@ -106,14 +113,18 @@ def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False,
 
     log = RunLog(run_dir, info.is_main, tensorboard=user_config.output.tensorboard,
                  iteration_csv=user_config.train.iteration_csv, mlflow=user_config.output.mlflow, echo=echo)
+    cleanup: list[Callable[[], None]] = []
     try:
-        return _run(user_config, checkpoint, run_dir, info, device, log, stop_after_epoch)
+        return _run(user_config, checkpoint, run_dir, info, device, log, stop_after_epoch, cleanup)
     finally:
+        for close in cleanup:  # stop DataLoader workers even when the run fails
+            close()
         log.close()
 
 
 def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_dir: Path, info: DistInfo,
-         device: torch.device, log: RunLog, stop_after_epoch: int | None) -> RunResult:
+         device: torch.device, log: RunLog, stop_after_epoch: int | None,
+         cleanup: list[Callable[[], None]]) -> RunResult:
     from crossattentiondet.data import prepare_data
     from crossattentiondet.models import build_detector
 
@@ -132,6 +143,7 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
     eval_batch = user_config.eval.batch_size or cfg_train.batch_size
     has_val = bool(data.splits.get("val"))
     val_loader = data.loader("val", False, eval_batch, distributed=info.enabled) if has_val else None
+    cleanup += [loader.close for loader in (train_loader, val_loader) if loader is not None]
     if len(train_loader) == 0:
         raise TrainingError(f"the train split of {data.root} is empty; check data.split")
     if not has_val:
@@ -278,23 +290,24 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
             group_index, position = divmod(i, accumulation)
             group_size = accumulation if group_index < full_groups else micro_batches - full_groups * accumulation
             last_in_group = position == group_size - 1
-            images = [img.to(device, non_blocking=True) for img in images]
-            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-            group_stems += [m["stem"] for m in metas]
-            sync = contextlib.nullcontext() if (last_in_group or not info.enabled) else ddp_model.no_sync()
-            with sync:
-                with autocast(device, cfg.precision):
-                    losses = ddp_model(images, targets)
-                loss = sum(losses.values())
-                finite = _all_ranks_true(bool(torch.isfinite(loss).item()), info, device)
-                if finite:
-                    scaler.scale(loss / group_size).backward()
-                    for key in LOSS_KEYS:
-                        sums[key] += float(losses[key].detach())
-                    sums["loss"] += float(loss.detach())
-                    counted += 1
-                else:
-                    group_ok = False
+            if images:  # empty when every frame of the batch was unreadable and skipped (data.on_error=skip)
+                images = [img.to(device, non_blocking=True) for img in images]
+                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+                group_stems += [m["stem"] for m in metas]
+                sync = contextlib.nullcontext() if (last_in_group or not info.enabled) else ddp_model.no_sync()
+                with sync:
+                    with autocast(device, cfg.precision):
+                        losses = ddp_model(images, targets)
+                    loss = sum(losses.values())
+                    finite = _all_ranks_true(bool(torch.isfinite(loss).item()), info, device)
+                    if finite:
+                        scaler.scale(loss / group_size).backward()
+                        for key in LOSS_KEYS:
+                            sums[key] += float(losses[key].detach())
+                        sums["loss"] += float(loss.detach())
+                        counted += 1
+                    else:
+                        group_ok = False
             images_seen += len(images) * info.world_size
             if not last_in_group:
                 continue
@@ -334,10 +347,9 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
             current = {k: v / max(counted, 1) for k, v in sums.items()}
             lr = optimizer.param_groups[-1]["lr"]
             progress.update(i + 1, current["loss"], lr, images_seen / max(elapsed, 1e-9))
-            if state.global_step % cfg.log_every == 0:
-                log.batch({"epoch": epoch + 1, "iteration": i + 1, "global_step": state.global_step,
-                           **{k: float(losses[k].detach()) if finite else float("nan") for k in LOSS_KEYS},
-                           "loss": float(loss.detach()), "lr": lr, "img_per_s": images_seen / max(elapsed, 1e-9)})
+            if state.global_step % cfg.log_every == 0 and counted:
+                log.batch({"epoch": epoch + 1, "iteration": i + 1, "global_step": state.global_step, **current,
+                           "lr": lr, "img_per_s": images_seen / max(elapsed, 1e-9)})
     if counted == 0:
         raise TrainingError(f"epoch {epoch + 1}: every batch had a non-finite loss; nothing was learned")
     elapsed = time.perf_counter() - start
@@ -351,7 +363,7 @@ def _evaluate(model: nn.Module, loader: Any, device: torch.device, config: Exper
               info: DistInfo) -> Any:
     from crossattentiondet.engine.evaluate import evaluate
 
-    return evaluate(model, loader, device, precision=config.train.precision, class_names=class_names, dist_info=info)
+    return evaluate(model, loader, device, precision=config.train.precision, class_names=class_names, gather=info.enabled)
 
 
 def _wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:

@@ -55,6 +55,11 @@ class InputLayout:
     def total_channels(self) -> int:
         return sum(len(g) for g in self.modality_channels)
 
+    def used_modalities(self) -> list[str]:
+        """Modalities whose channels feed some stream (the others are read but ignored)."""
+        used = {c for stream in self.stream_channels for c in stream}
+        return [n for n, chans in zip(self.modality_names, self.modality_channels) if set(chans) & used]
+
     def channels_of(self, modalities: list[str] | tuple[str, ...]) -> list[int]:
         index = dict(zip(self.modality_names, self.modality_channels))
         unknown = [m for m in modalities if m not in index]

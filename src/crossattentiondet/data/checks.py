@@ -1,0 +1,176 @@
+"""``cadet data check``: read every frame and list every problem at once, with file names.
+
+:func:`check_dataset` decodes every file (a truncated file is only found by decoding it), parses every
+label, and resolves per-modality scales; it never raises for bad files, it reports them
+(:class:`CheckReport`). Reading runs on a thread pool (OpenCV and numpy release the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossattentiondet.config import DataConfig
+from crossattentiondet.data.imageio import opencv_quiet
+from crossattentiondet.data.problems import FrameInfo, Problem
+from crossattentiondet.data.source import DataSource, open_source
+from crossattentiondet.errors import DataError
+
+DTYPE_SCALE = {"uint8": 255.0, "uint16": 65535.0}
+
+
+@dataclass
+class CheckReport:
+    """Everything a check found. ``problems`` are in frame order; ``infos`` has one entry per frame."""
+
+    root: str
+    layout: str
+    modalities: list[str]
+    class_names: list[str]
+    frames: int
+    problems: list[Problem] = field(default_factory=list)
+    infos: dict[str, FrameInfo] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error (warnings allowed)."""
+        return not self.errors
+
+    @property
+    def bad_stems(self) -> set[str]:
+        """Frames with at least one error (what ``data.on_error=skip`` leaves out)."""
+        return {p.stem for p in self.errors if p.stem is not None}
+
+    @property
+    def fatal(self) -> list[Problem]:
+        """Errors that concern the whole data set (no frame to skip), e.g. an unreadable COCO file."""
+        return [p for p in self.errors if p.stem is None]
+
+    @property
+    def negatives(self) -> int:
+        """Readable frames without any box."""
+        return sum(1 for stem, info in self.infos.items() if info.boxes == 0 and stem not in self.bad_stems)
+
+    def summary(self) -> str:
+        """One line: frames, errors (in how many frames), warnings."""
+        bad = len(self.bad_stems)
+        text = (f"{self.frames} frames ({self.layout} layout, modalities {', '.join(self.modalities)}, "
+                f"{len(self.class_names)} classes): {len(self.errors)} errors")
+        if self.errors:
+            text += f" in {bad} frames" + (f" + {len(self.fatal)} data-set wide" if self.fatal else "")
+        return text + f", {len(self.warnings)} warnings"
+
+    def describe_errors(self, limit: int = 5) -> str:
+        """Summary line plus the first ``limit`` errors, indented (for error messages)."""
+        lines = [self.summary()]
+        lines += [f"  {p}" for p in self.errors[:limit]]
+        if len(self.errors) > limit:
+            lines.append(f"  ... and {len(self.errors) - limit} more (cadet data check {self.root})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``cadet data check --json``)."""
+        return {
+            "root": self.root, "layout": self.layout, "modalities": self.modalities,
+            "class_names": self.class_names, "frames": self.frames, "ok": self.ok,
+            "errors": len(self.errors), "warnings": len(self.warnings), "bad_frames": len(self.bad_stems),
+            "negatives": self.negatives, "scales": self.scales, "notes": self.notes,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def _scan(source: DataSource, stem: str) -> tuple[FrameInfo, list[Problem]]:
+    _, info, problems = source.load(stem)  # the pixels are dropped here: only what was learnt is kept
+    return info, problems
+
+
+def scan_frames(source: DataSource, stems: Iterable[str], workers: int | None = None
+                ) -> list[tuple[FrameInfo, list[Problem]]]:
+    """Read ``stems`` on a thread pool; results in the order given."""
+    stems = list(stems)
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(stems) < 4:
+        return [_scan(source, s) for s in stems]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda s: _scan(source, s), stems, chunksize=8))
+
+
+def scale_problems(source: DataSource, infos: dict[str, FrameInfo]) -> tuple[dict[str, float], list[Problem]]:
+    """Per-modality scale (config, else the data set's metadata, else the dtype max) and mixed-depth problems."""
+    scales: dict[str, float] = {}
+    problems: list[Problem] = []
+    for index, m in enumerate(source.modalities):
+        if m.scale is not None:
+            scales[m.name] = float(m.scale)
+            continue
+        if m.name in source.scale_hints:
+            scales[m.name] = source.scale_hints[m.name]
+            continue
+        by_dtype: dict[str, list[str]] = {}
+        for stem, info in infos.items():
+            if m.name in info.dtypes:
+                by_dtype.setdefault(info.dtypes[m.name], []).append(stem)
+        if len(by_dtype) > 1:
+            parts = [f"{len(stems)} {dtype} files (e.g. {source.modality_file(stems[0], m.name)})"
+                     for dtype, stems in sorted(by_dtype.items())]
+            folder = source.root / m.source if isinstance(m.source, str) else source.root
+            problems.append(Problem("mixed_depth", str(folder), f"modality '{m.name}' mixes 8- and 16-bit files: "
+                                    f"{' and '.join(parts)}; convert them to one depth or set "
+                                    f"data.modalities[{index}].scale"))
+            scales[m.name] = DTYPE_SCALE["uint16"]
+        else:
+            dtype = next(iter(by_dtype), "uint8")
+            scales[m.name] = DTYPE_SCALE[dtype]
+    return scales, problems
+
+
+def check_dataset(source: DataSource | str | Path, data: DataConfig | None = None, *, layout: str | None = None,
+                  workers: int | None = None) -> CheckReport:
+    """Check a data set (an opened :class:`DataSource` or its root folder) and report every problem.
+
+    Finds unreadable/truncated files, wrong channel counts or pixel types, modalities of different sizes,
+    missing partner files or labels, bad label lines, out-of-image and zero-area boxes, unnamed classes,
+    NaN/inf, duplicate stems and modalities mixing bit depths. DataError only if the data set cannot be
+    opened at all.
+    """
+    if not isinstance(source, DataSource):
+        source = open_source(source, data, layout)
+    with opencv_quiet():
+        results = scan_frames(source, source.stems, workers)
+    infos = {info.stem: info for info, _ in results}
+    problems = list(source.global_problems)
+    for _, frame_problems in results:
+        problems.extend(frame_problems)
+    scales, depth_problems = scale_problems(source, infos)
+    problems.extend(depth_problems)
+    return CheckReport(root=str(source.root), layout=source.layout, modalities=source.modality_names,
+                       class_names=list(source.class_names), frames=len(source.stems), problems=problems,
+                       infos=infos, scales=scales, notes=list(source.notes))
+
+
+def resolve_modality_scales(source: DataSource, infos: dict[str, FrameInfo] | None = None) -> dict[str, float]:
+    """Explicit scale per modality: ``scale`` from the config, else from the data set's metadata file, else
+    255.0 or 65535.0 from the dtype of the modality's files. DataError if a modality mixes 8- and 16-bit files.
+
+    ``infos`` (from a check) avoids reading the files again.
+    """
+    if infos is None:
+        infos = {info.stem: info for info, _ in scan_frames(source, source.stems)}
+    scales, problems = scale_problems(source, infos)
+    if problems:
+        raise DataError(str(problems[0]))
+    return scales

@@ -1,0 +1,367 @@
+"""Label readers: YOLO txt folders, one COCO JSON, Pascal VOC XML folders.
+
+All three are parsed up front (text is cheap next to pixels) into :class:`FrameLabels` per label stem,
+with the problems found; class names are then resolved once for the whole data set
+(:func:`resolve_classes`). Boxes become absolute pixel xyxy only when the image size is known
+(:func:`boxes_for_frame`): YOLO coordinates are normalised, COCO/VOC absolute.
+
+Conventions (where the formats are loose):
+
+* YOLO: ``class xc yc w h`` per line, 0-based integer ids, blank lines ignored; an empty file is a frame
+  without objects. Names: ``data.names``, else ``classes.txt`` (data root, then the label folder), else
+  ``class_0`` ... up to the largest id seen.
+* COCO: ``images[].file_name`` is matched to frames by its stem; ``bbox`` is ``[x, y, w, h]`` in pixels;
+  ``iscrowd: 1`` annotations are ignored regions and are left out. An image listed without annotations is a
+  negative frame. Names: the categories sorted by id (or ``data.names``, matched by name).
+* VOC: one XML per frame, ``object/name`` and ``object/bndbox`` taken as given (no 1-pixel shift);
+  ``difficult`` objects are kept. Names: ``data.names``, else the layout's known classes in their usual
+  order followed by any other name found, sorted.
+
+Coordinates may exceed the image by a small tolerance (rounding in annotation tools) and are clipped;
+beyond it they are an ``out_of_range`` problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from crossattentiondet.data.problems import Problem
+from crossattentiondet.errors import DataError
+
+LabelFormat = Literal["yolo", "coco", "voc"]
+NORMALISED_TOLERANCE = 1e-3  # YOLO: 0.1 % of the image side
+PIXEL_TOLERANCE = 1.0  # COCO/VOC: one pixel (or 0.1 % of the side, whichever is larger)
+
+
+@dataclass
+class FrameLabels:
+    """The boxes of one label stem as written in the file (before the image size is known)."""
+
+    path: str
+    normalised: bool  # True: YOLO xyxy in [0, 1]; False: absolute pixels xyxy
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float64))
+    keys: list[int | str] = field(default_factory=list)  # YOLO id, COCO category id or VOC name per box
+    where: list[str] = field(default_factory=list)  # "line 3", "annotation id 7", "object 2" per box
+    problems: list[Problem] = field(default_factory=list)  # parse problems (their stem is filled in later)
+    declared_size: tuple[int, int] | None = None  # (width, height) written in COCO / VOC
+
+
+@dataclass
+class LabelSet:
+    """All labels of a data set, by label stem, with the class list."""
+
+    format: LabelFormat
+    path: Path
+    frames: dict[str, FrameLabels]
+    problems: list[Problem] = field(default_factory=list)  # not tied to one frame
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # label stem -> files claiming it
+    categories: dict[int, str] = field(default_factory=dict)  # COCO only
+    class_names: list[str] = field(default_factory=list)
+    class_index: dict[int | str, int] = field(default_factory=dict)  # key -> 1-based label
+    names_source: str = ""
+
+
+def detect_label_format(path: Path) -> LabelFormat:
+    """COCO for a .json file; for a folder, VOC if it holds .xml files, else YOLO."""
+    if path.is_file():
+        if path.suffix.lower() == ".json":
+            return "coco"
+        raise DataError(f"{path}: a label file must be a COCO .json (or give a folder of YOLO .txt / VOC .xml files)")
+    xml = sum(1 for p in path.iterdir() if p.suffix.lower() == ".xml")
+    txt = sum(1 for p in path.iterdir() if p.suffix.lower() == ".txt" and p.name != "classes.txt")
+    return "voc" if xml > txt else "yolo"
+
+
+def load_labels(path: Path, fmt: LabelFormat) -> LabelSet:
+    """Parse a label folder (YOLO / VOC) or COCO file; problems are recorded, never raised."""
+    if fmt == "yolo":
+        return _load_yolo(path)
+    if fmt == "coco":
+        return _load_coco(path)
+    return _load_voc(path)
+
+
+def _files_by_stem(folder: Path, suffix: str, labels: LabelSet) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix.lower() != suffix or p.name == "classes.txt":
+            continue
+        if p.stem in found:
+            labels.duplicates.setdefault(p.stem, [str(found[p.stem])]).append(str(p))
+            continue
+        found[p.stem] = p
+    return found
+
+
+def _finite(values: list[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def _load_yolo(folder: Path) -> LabelSet:
+    labels = LabelSet("yolo", folder, {})
+    for stem, path in _files_by_stem(folder, ".txt", labels).items():
+        frame = FrameLabels(str(path), normalised=True)
+        labels.frames[stem] = frame
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            frame.problems.append(Problem("unreadable", str(path), f"unreadable label file ({err})"))
+            continue
+        boxes = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"line {number}"
+            parts = line.split()
+            if len(parts) != 5:
+                frame.problems.append(Problem("bad_label", str(path),
+                                              f"{where}: expected 5 numbers (class xc yc w h), got {len(parts)} values"))
+                continue
+            try:
+                values = [float(v) for v in parts]
+            except ValueError:
+                frame.problems.append(Problem("bad_label", str(path), f"{where}: not 5 numbers: {line.strip()!r}"))
+                continue
+            if not _finite(values):
+                frame.problems.append(Problem("not_finite", str(path), f"{where}: NaN/inf value: {line.strip()!r}"))
+                continue
+            cls, xc, yc, w, h = values
+            if cls < 0 or cls != int(cls):
+                frame.problems.append(Problem("bad_label", str(path),
+                                              f"{where}: class id must be a whole number >= 0, got {parts[0]}"))
+                continue
+            if w <= 0 or h <= 0:
+                frame.problems.append(Problem("zero_area", str(path), f"{where}: zero-area box (w={w:g}, h={h:g})"))
+                continue
+            x0, y0, x1, y1 = xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2
+            tol = NORMALISED_TOLERANCE
+            if min(x0, y0) < -tol or max(x1, y1) > 1 + tol:
+                frame.problems.append(Problem(
+                    "out_of_range", str(path),
+                    f"{where}: box outside [0, 1] (x0={x0:.4g}, y0={y0:.4g}, x1={x1:.4g}, y1={y1:.4g})"))
+                continue
+            boxes.append((x0, y0, x1, y1))
+            frame.keys.append(int(cls))
+            frame.where.append(where)
+        frame.boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return labels
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _load_coco(path: Path) -> LabelSet:
+    labels = LabelSet("coco", path, {})
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        labels.problems.append(Problem("unreadable", str(path), f"unreadable COCO file ({err})"))
+        return labels
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        labels.problems.append(Problem("bad_label", str(path), "not a COCO file: no 'images' list"))
+        return labels
+    for cat in data.get("categories") or []:
+        if isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str):
+            labels.categories[cat["id"]] = cat["name"]
+        else:
+            labels.problems.append(Problem("bad_label", str(path), f"category without integer id and name: {cat!r}"))
+    by_id: dict[object, FrameLabels] = {}
+    for entry in data["images"]:
+        if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("file_name"), str):
+            labels.problems.append(Problem("bad_label", str(path), f"image entry without id and file_name: {entry!r}"))
+            continue
+        stem = Path(entry["file_name"]).stem
+        width, height = entry.get("width"), entry.get("height")
+        size = (int(width), int(height)) if isinstance(width, int) and isinstance(height, int) else None
+        frame = FrameLabels(f"{path} [{entry['file_name']}]", normalised=False, declared_size=size)
+        if stem in labels.frames:
+            labels.duplicates.setdefault(stem, [labels.frames[stem].path]).append(frame.path)
+            continue
+        labels.frames[stem] = frame
+        by_id[entry["id"]] = frame
+    boxes: dict[int, list[tuple[float, float, float, float]]] = {}
+    for ann in data.get("annotations") or []:
+        if not isinstance(ann, dict):
+            labels.problems.append(Problem("bad_label", str(path), f"annotation is not an object: {ann!r}"))
+            continue
+        where = f"annotation id {ann.get('id', '?')}"
+        frame = by_id.get(ann.get("image_id"))
+        if frame is None:
+            labels.problems.append(Problem("orphan_label", str(path),
+                                           f"{where}: image_id {ann.get('image_id')!r} is not in 'images'",
+                                           severity="warning"))
+            continue
+        if ann.get("iscrowd", 0):
+            continue
+        bbox = ann.get("bbox")
+        values = [_number(v) for v in bbox] if isinstance(bbox, list) else []
+        if len(values) != 4 or any(v is None for v in values) or not isinstance(ann.get("category_id"), int):
+            frame.problems.append(Problem("bad_label", frame.path,
+                                          f"{where}: needs bbox [x, y, w, h] (4 numbers) and an integer category_id"))
+            continue
+        x, y, w, h = (float(v) for v in values)  # type: ignore[arg-type]
+        if not _finite([x, y, w, h]):
+            frame.problems.append(Problem("not_finite", frame.path, f"{where}: NaN/inf in bbox {bbox}"))
+            continue
+        if w <= 0 or h <= 0:
+            frame.problems.append(Problem("zero_area", frame.path, f"{where}: zero-area box (w={w:g}, h={h:g})"))
+            continue
+        key = id(frame)
+        boxes.setdefault(key, []).append((x, y, x + w, y + h))
+        frame.keys.append(ann["category_id"])
+        frame.where.append(where)
+    for frame in labels.frames.values():
+        frame.boxes = np.asarray(boxes.get(id(frame), []), np.float64).reshape(-1, 4)
+    return labels
+
+
+def _xml_number(node: ET.Element | None, tag: str) -> float | None:
+    text = node.findtext(tag) if node is not None else None
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _load_voc(folder: Path) -> LabelSet:
+    labels = LabelSet("voc", folder, {})
+    for stem, path in _files_by_stem(folder, ".xml", labels).items():
+        frame = FrameLabels(str(path), normalised=False)
+        labels.frames[stem] = frame
+        try:
+            root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError) as err:
+            frame.problems.append(Problem("unreadable", str(path), f"unreadable VOC XML ({err})"))
+            continue
+        size = root.find("size")
+        width, height = _xml_number(size, "width"), _xml_number(size, "height")
+        if width and height:
+            frame.declared_size = (int(width), int(height))
+        boxes = []
+        for number, obj in enumerate(root.findall("object"), start=1):
+            where = f"object {number}"
+            name = (obj.findtext("name") or "").strip()
+            box = obj.find("bndbox")
+            values = [_xml_number(box, t) for t in ("xmin", "ymin", "xmax", "ymax")]
+            if not name or any(v is None for v in values):
+                frame.problems.append(Problem("bad_label", str(path),
+                                              f"{where}: needs a name and bndbox xmin ymin xmax ymax numbers"))
+                continue
+            x0, y0, x1, y1 = (float(v) for v in values)  # type: ignore[arg-type]
+            if not _finite([x0, y0, x1, y1]):
+                frame.problems.append(Problem("not_finite", str(path), f"{where}: NaN/inf in bndbox"))
+                continue
+            if x1 <= x0 or y1 <= y0:
+                frame.problems.append(Problem("zero_area", str(path),
+                                              f"{where}: zero-area box ({x0:g}, {y0:g}, {x1:g}, {y1:g})"))
+                continue
+            boxes.append((x0, y0, x1, y1))
+            frame.keys.append(name)
+            frame.where.append(where)
+        frame.boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return labels
+
+
+def read_names_file(path: Path) -> list[str]:
+    """One class name per non-blank line (``classes.txt``)."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def resolve_classes(labels: LabelSet, names: list[str] | None, names_files: list[Path],
+                    preferred: tuple[str, ...] = ()) -> dict[str, list[Problem]]:
+    """Fill ``labels.class_names`` / ``class_index``; return ``unnamed_class`` problems by label stem.
+
+    ``names`` is ``data.names``; ``names_files`` are ``classes.txt`` candidates (YOLO only), the first
+    existing one is used; ``preferred`` is the layout's usual class order (VOC).
+    """
+    if labels.format == "yolo":
+        if names is not None:
+            labels.class_names, labels.names_source = list(names), "data.names"
+        else:
+            for candidate in names_files:
+                if candidate.is_file():
+                    labels.class_names, labels.names_source = read_names_file(candidate), str(candidate)
+                    break
+            else:
+                ids = [k for f in labels.frames.values() for k in f.keys]
+                top = max(ids) if ids else 0
+                labels.class_names = [f"class_{i}" for i in range(int(top) + 1)]
+                labels.names_source = "ids seen in the labels"
+        labels.class_index = {i: i + 1 for i in range(len(labels.class_names))}
+    elif labels.format == "coco":
+        if names is not None:
+            labels.class_names, labels.names_source = list(names), "data.names"
+            position = {n: i + 1 for i, n in enumerate(names)}
+            labels.class_index = {cid: position[n] for cid, n in labels.categories.items() if n in position}
+        else:
+            ordered = sorted(labels.categories)
+            labels.class_names = [labels.categories[c] for c in ordered]
+            labels.class_index = {c: i + 1 for i, c in enumerate(ordered)}
+            labels.names_source = "COCO categories"
+    else:
+        if names is not None:
+            labels.class_names, labels.names_source = list(names), "data.names"
+        else:
+            seen = {k for f in labels.frames.values() for k in f.keys}
+            labels.class_names = list(preferred) + sorted(str(k) for k in seen if k not in preferred)
+            labels.names_source = "VOC object names"
+        labels.class_index = {n: i + 1 for i, n in enumerate(labels.class_names)}
+    unnamed: dict[str, list[Problem]] = {}
+    for stem, frame in labels.frames.items():
+        for key, where in zip(frame.keys, frame.where):
+            if key not in labels.class_index:
+                if labels.format == "coco" and key in labels.categories:
+                    text = f"{where}: category {labels.categories[key]!r} is not in data.names"
+                elif labels.format == "voc":
+                    text = f"{where}: class {key!r} is not in data.names"
+                else:
+                    text = (f"{where}: class id {key} has no name "
+                            f"({len(labels.class_names)} names from {labels.names_source})")
+                unnamed.setdefault(stem, []).append(Problem("unnamed_class", frame.path, text, stem))
+    return unnamed
+
+
+def boxes_for_frame(frame: FrameLabels, labels: LabelSet, width: int, height: int, stem: str
+                    ) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+    """Absolute pixel xyxy float32 boxes and 1-based int64 labels for an image of ``width`` x ``height``.
+
+    Boxes whose class has no name are left out (they are reported by :func:`resolve_classes`); boxes
+    beyond the image by more than the tolerance are left out and reported here.
+    """
+    problems: list[Problem] = []
+    keep_boxes, keep_labels = [], []
+    scale = np.array([width, height, width, height], np.float64) if frame.normalised else None
+    tol_x = max(PIXEL_TOLERANCE, NORMALISED_TOLERANCE * width)
+    tol_y = max(PIXEL_TOLERANCE, NORMALISED_TOLERANCE * height)
+    for box, key, where in zip(frame.boxes, frame.keys, frame.where):
+        label = labels.class_index.get(key)
+        if label is None:
+            continue
+        if scale is not None:
+            box = box * scale
+        else:
+            x0, y0, x1, y1 = box
+            if x0 < -tol_x or y0 < -tol_y or x1 > width + tol_x or y1 > height + tol_y:
+                problems.append(Problem("out_of_range", frame.path,
+                                        f"{where}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) outside the "
+                                        f"{width}x{height} image", stem))
+                continue
+        clipped = np.clip(box, 0, [width, height, width, height])
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            problems.append(Problem("zero_area", frame.path, f"{where}: zero-area box after clipping to the image",
+                                    stem))
+            continue
+        keep_boxes.append(clipped)
+        keep_labels.append(label)
+    boxes = np.asarray(keep_boxes, np.float32).reshape(-1, 4)
+    return boxes, np.asarray(keep_labels, np.int64), problems

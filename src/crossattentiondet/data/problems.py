@@ -1,0 +1,60 @@
+"""What a data check finds: :class:`Problem` (one per file and issue) and :class:`FrameInfo` (one per frame)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Stable identifiers (also in ``cadet data check --json``), with what each means.
+PROBLEM_KINDS: dict[str, str] = {
+    "unreadable": "file cannot be read or decoded (missing, truncated, corrupt)",
+    "bad_dtype": "pixel type other than uint8 / uint16",
+    "channels": "wrong channel count for the modality",
+    "size_mismatch": "modalities of one frame have different sizes",
+    "missing_partner": "a frame lacks the file of one modality",
+    "missing_label": "a frame has no label file (or no entry in the COCO file)",
+    "bad_label": "label line / entry that is not 5 numbers or lacks fields",
+    "out_of_range": "box coordinates outside the image beyond the tolerance",
+    "zero_area": "box with zero or negative width or height",
+    "unnamed_class": "class id or name that the class list does not contain",
+    "not_finite": "NaN or inf in labels or pixels",
+    "duplicate_stem": "two files claim the same frame",
+    "mixed_depth": "a modality mixes 8-bit and 16-bit files without an explicit scale",
+    "orphan_label": "label without an image (warning)",
+    "label_size": "size written in the label file differs from the image (warning)",
+}
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the file, what is wrong, and which frame it affects (None: the whole data set)."""
+
+    kind: str
+    path: str
+    message: str
+    stem: str | None = None
+    severity: Severity = "error"
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROBLEM_KINDS:
+            raise ValueError(f"unknown problem kind {self.kind!r}")
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"severity": self.severity, "kind": self.kind, "path": self.path, "stem": self.stem,
+                "message": self.message}
+
+
+@dataclass
+class FrameInfo:
+    """What reading one frame found out: size, per-modality dtype, number of boxes."""
+
+    stem: str
+    height: int = 0
+    width: int = 0
+    dtypes: dict[str, str] = field(default_factory=dict)
+    boxes: int = 0

@@ -1,0 +1,475 @@
+"""Opening a data set: which frames exist, where each modality's file is, their labels and class names.
+
+:func:`open_source` returns a :class:`DataSource` for any layout (see :mod:`.layouts`).
+``source.load(stem)`` reads one frame and reports every problem it finds (used by the check);
+``source.read(stem)`` returns the :class:`~crossattentiondet.data.sample.Sample` or raises
+:class:`~crossattentiondet.errors.DataError` naming the file (used by the Dataset).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from crossattentiondet.config import DataConfig, ModalityConfig, default_modalities
+from crossattentiondet.data.imageio import (
+    IMAGE_EXTENSIONS,
+    ImageFileError,
+    convert_channels,
+    read_image_file,
+    read_npy_file,
+)
+from crossattentiondet.data.labels import (
+    LabelSet,
+    boxes_for_frame,
+    detect_label_format,
+    load_labels,
+    resolve_classes,
+)
+from crossattentiondet.data.layouts import LAYOUTS, PARTITION_FOLDERS, PRESETS, FolderPreset, detect_layout
+from crossattentiondet.data.problems import FrameInfo, Problem
+from crossattentiondet.data.sample import Sample
+from crossattentiondet.errors import DataError
+
+# Files a data set may carry to describe itself; a modality ``scale`` recorded there is used when the
+# config leaves it unset (``cadet data convert`` writes the first, the synthetic generator the second).
+METADATA_FILES = ("cadet_data.json", "synth.json")
+
+
+def resolve_path(text: str | Path, root: Path) -> Path:
+    """A configured path: absolute as given; relative to the data root if it exists there, else as given."""
+    path = Path(text)
+    if path.is_absolute():
+        return path
+    return root / path if (root / path).exists() else path
+
+
+def read_scale_hints(root: Path) -> dict[str, float]:
+    """Modality scales recorded in the data set's metadata file (empty if none)."""
+    for name in METADATA_FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        hints = {}
+        for entry in meta.get("modalities", []) if isinstance(meta, dict) else []:
+            scale = entry.get("scale") if isinstance(entry, dict) else None
+            if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
+                hints[str(entry.get("name"))] = float(scale)
+        return hints
+    return {}
+
+
+def _described_modalities(root: Path) -> list[ModalityConfig] | None:
+    """Modalities of an npy data set written by ``cadet data convert`` (its ``cadet_data.json``)."""
+    path = root / METADATA_FILES[0]
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        entries = meta["modalities"] if isinstance(meta, dict) else None
+        if not entries or not all(isinstance(e.get("source"), list) for e in entries):
+            return None
+        defaults = {m.name: m for m in default_modalities()}
+        out = []
+        for e in entries:
+            base = defaults.get(e["name"])
+            channels = int(e["channels"])
+            if base is not None and base.channels == channels:
+                mean, std = base.mean, base.std
+            else:
+                mean, std = [0.5] * channels, [0.5] * channels
+            out.append(ModalityConfig(name=e["name"], channels=channels, source=e["source"], mean=mean, std=std))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _is_default(modalities: list[ModalityConfig]) -> bool:
+    return modalities == default_modalities()
+
+
+def effective_modalities(data: DataConfig, layout: str, root: Path) -> tuple[list[ModalityConfig], list[str]]:
+    """The modalities as this layout provides them (folder ``source`` and ``suffix`` filled in), plus notes.
+
+    With the default modality list, modalities the layout has no folder for are dropped (noted); with a
+    user-defined list a missing modality is a DataError.
+    """
+    if layout == "original":
+        described = _described_modalities(root) if _is_default(data.modalities) else None
+        if described and described != data.modalities:
+            return described, [f"modalities from {root / METADATA_FILES[0]}: "
+                               + ", ".join(f"{m.name} {m.source}" for m in described)]
+        for m in data.modalities:
+            if not isinstance(m.source, list):
+                raise DataError(f"modality '{m.name}': the original layout needs data.modalities[].source = channel "
+                                f"indices of the .npy arrays, got {m.source!r}")
+        return list(data.modalities), []
+    preset = PRESETS[layout]
+    default = _is_default(data.modalities)
+    found: list[ModalityConfig] = []
+    notes: list[str] = []
+    for m in data.modalities:
+        if isinstance(m.source, str):
+            folder, suffix = m.source, m.suffix
+        elif m.name in preset.folders:
+            folder, suffix = preset.folders[m.name]
+        else:
+            folder, suffix = m.name, m.suffix
+        if not (root / folder).is_dir():
+            if default:
+                notes.append(f"layout {layout}: no {folder}/ folder, modality '{m.name}' is not used")
+                continue
+            raise DataError(f"{root / folder}: folder of modality '{m.name}' not found (layout {layout}); set "
+                            f"data.modalities[].source to the modality's folder")
+        found.append(m.model_copy(update={"source": folder, "suffix": suffix}))
+    if not found:
+        raise DataError(f"{root}: none of the modalities {[m.name for m in data.modalities]} has a folder")
+    return found, notes
+
+
+class DataSource(ABC):
+    """One opened data set. Attributes:
+
+    ``root``, ``layout``; ``modalities`` (effective, see :func:`effective_modalities`); ``stems`` (sorted
+    frame names); ``labels`` (:class:`~.labels.LabelSet`); ``class_names``; ``partitions`` (stem -> the data
+    set's own split, e.g. LLVIP's test folder); ``notes`` (adaptations worth logging); ``scale_hints``.
+    """
+
+    def __init__(self, root: Path, layout: str, data: DataConfig, modalities: list[ModalityConfig],
+                 notes: list[str]) -> None:
+        self.root = root
+        self.layout = layout
+        self.data = data
+        self.modalities = modalities
+        self.notes = notes
+        self.preset: FolderPreset | None = PRESETS.get(layout)
+        self.files: dict[str, dict[str, Path]] = {}  # stem -> modality name (or "npy") -> file
+        self.partitions: dict[str, str] = {}
+        self.frame_problems: dict[str, list[Problem]] = {}
+        self.global_problems: list[Problem] = []
+        self.scale_hints = read_scale_hints(root)
+        self.label_of: dict[str, str] = {}  # frame stem -> label stem
+        self.stems: list[str] = []
+        self.labels: LabelSet
+
+    # ------------------------------------------------------------------------------------ building
+    def _add(self, problem: Problem) -> None:
+        if problem.stem is None:
+            self.global_problems.append(problem)
+        else:
+            self.frame_problems.setdefault(problem.stem, []).append(problem)
+
+    def _open_labels(self, default_candidates: tuple[str, ...]) -> None:
+        data = self.data
+        if data.labels is not None:
+            path = resolve_path(data.labels, self.root)
+            if not path.exists():
+                raise DataError(f"labels not found: {path} (data.labels)")
+        else:
+            candidates = [self.root / c for c in default_candidates]
+            existing = [c for c in candidates if c.exists()]
+            if not existing:
+                raise DataError(f"{self.root}: no labels found (looked for {', '.join(default_candidates)}); "
+                                "set data.labels")
+            path = existing[0]
+        fmt = data.label_format
+        if fmt == "auto":
+            fmt = self.preset.label_format if self.preset and self.preset.label_format != "auto" else \
+                detect_label_format(path)
+        if (fmt == "coco") != path.is_file():
+            wanted = "a COCO .json file" if fmt == "coco" else f"a folder of {fmt.upper()} files"
+            raise DataError(f"{path}: label format {fmt} needs {wanted} (data.labels / data.label_format)")
+        self.labels = load_labels(path, fmt)  # type: ignore[arg-type]
+        label_dir = path if path.is_dir() else path.parent
+        unnamed = resolve_classes(self.labels, data.names, [self.root / "classes.txt", label_dir / "classes.txt"],
+                                  self.preset.class_names if self.preset else ())
+        suffixes = sorted({m.suffix for m in self.modalities if m.suffix}, key=len, reverse=True)
+        frames = set(self.files)
+        claimed: dict[str, str] = {}
+        for label_stem, frame_labels in self.labels.frames.items():
+            stem = label_stem if label_stem in frames else None
+            for suffix in suffixes if stem is None else ():
+                if label_stem.endswith(suffix) and label_stem[: -len(suffix)] in frames:
+                    stem = label_stem[: -len(suffix)]
+                    break
+            if stem is None:
+                self._add(Problem("orphan_label", frame_labels.path, "label without an image (no frame "
+                                  f"'{label_stem}')", None, "warning"))
+                continue
+            if stem in claimed:
+                self._add(Problem("duplicate_stem", frame_labels.path, f"second label for frame '{stem}' (first: "
+                                  f"{self.labels.frames[claimed[stem]].path})", stem))
+                continue
+            claimed[stem] = label_stem
+            for problem in frame_labels.problems:
+                self._add(replace(problem, stem=stem))
+            for problem in unnamed.get(label_stem, []):
+                self._add(replace(problem, stem=stem))
+        for label_stem, paths in self.labels.duplicates.items():
+            stem = label_stem if label_stem in frames else None
+            self._add(Problem("duplicate_stem", paths[-1], f"several label files for '{label_stem}': {paths}", stem))
+        self.label_of = {stem: label_stem for stem, label_stem in claimed.items()}
+        for problem in self.labels.problems:
+            self._add(problem)
+        label_file_broken = any(p.stem is None and p.severity == "error" for p in self.labels.problems)
+        if not label_file_broken:
+            where = {"yolo": "no label file", "voc": "no label file", "coco": "not listed in the COCO file"}
+            for stem in self.files:
+                if stem not in self.label_of:
+                    first = next(iter(self.files[stem].values()))
+                    self._add(Problem("missing_label", str(first),
+                                      f"missing label: {where[self.labels.format]} for frame '{stem}' in "
+                                      f"{self.labels.path}", stem))
+
+    def _read_partition_files(self) -> None:
+        if self.preset is None:
+            return
+        suffixes = sorted({m.suffix for m in self.modalities if m.suffix}, key=len, reverse=True)
+        known = set(self.files)
+        for split, candidates in self.preset.partition_files.items():
+            path = next((self.root / c for c in candidates if (self.root / c).is_file()), None)
+            if path is None:
+                continue
+            missing = 0
+            for stem in read_stem_list(path, known, suffixes):
+                if stem in known:
+                    self.partitions[stem] = split
+                else:
+                    missing += 1
+            if missing:
+                self.notes.append(f"{path}: {missing} listed frames are not in the data set")
+
+    # ------------------------------------------------------------------------------------ reading
+    @property
+    def class_names(self) -> list[str]:
+        return self.labels.class_names
+
+    @property
+    def modality_names(self) -> list[str]:
+        return [m.name for m in self.modalities]
+
+    def box_count(self, stem: str) -> int:
+        """Number of boxes the labels give this frame (before reading the image)."""
+        label_stem = self.label_of.get(stem)
+        if label_stem is None:
+            return 0
+        frame = self.labels.frames[label_stem]
+        return sum(1 for k in frame.keys if k in self.labels.class_index)
+
+    def modality_file(self, stem: str, modality: str) -> Path | None:
+        """The file holding ``modality`` of frame ``stem`` (the .npy file in the original layout)."""
+        files = self.files.get(stem, {})
+        return files.get("npy", files.get(modality))
+
+    @abstractmethod
+    def open(self) -> None:
+        """List the frames and their files, then parse the labels."""
+
+    @abstractmethod
+    def _read_arrays(self, stem: str, problems: list[Problem], info: FrameInfo) -> dict[str, np.ndarray]:
+        """Per-modality (H, W, C) arrays of one frame; problems are appended, not raised."""
+
+    def load(self, stem: str) -> tuple[Sample | None, FrameInfo, list[Problem]]:
+        """Read one frame; return the sample (None if unusable), what was learnt, and every problem."""
+        if stem not in self.files:
+            raise DataError(f"{self.root}: no frame '{stem}' in this data set")
+        problems = list(self.frame_problems.get(stem, []))
+        info = FrameInfo(stem)
+        arrays = self._read_arrays(stem, problems, info)
+        if len(arrays) == len(self.modalities):
+            shapes = {name: a.shape[:2] for name, a in arrays.items()}
+            if len(set(shapes.values())) > 1:
+                detail = ", ".join(f"{n} {w}x{h} ({self.modality_file(stem, n)})" for n, (h, w) in shapes.items())
+                problems.append(Problem("size_mismatch", str(self.modality_file(stem, self.modalities[0].name)),
+                                        f"modalities of different sizes: {detail}", stem))
+            else:
+                info.height, info.width = next(iter(shapes.values()))
+        boxes = np.zeros((0, 4), np.float32)
+        labels = np.zeros((0,), np.int64)
+        label_stem = self.label_of.get(stem)
+        if label_stem is not None and info.width:
+            frame = self.labels.frames[label_stem]
+            boxes, labels, box_problems = boxes_for_frame(frame, self.labels, info.width, info.height, stem)
+            problems.extend(box_problems)
+            if frame.declared_size and frame.declared_size != (info.width, info.height):
+                w, h = frame.declared_size
+                problems.append(Problem("label_size", frame.path, f"label says {w}x{h}, image is "
+                                        f"{info.width}x{info.height}", stem, "warning"))
+        info.boxes = len(labels)
+        if any(p.severity == "error" for p in problems) or len(arrays) != len(self.modalities):
+            return None, info, problems
+        return Sample(stem, arrays, boxes, labels), info, problems
+
+    def read(self, stem: str) -> Sample:
+        """The frame as a Sample; DataError (naming the file and the problem) if it has any error."""
+        sample, _, problems = self.load(stem)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors or sample is None:
+            first = errors[0] if errors else None
+            raise DataError(str(first) if first else f"{self.root}: frame '{stem}' could not be read")
+        return sample
+
+
+def read_stem_list(path: Path, known: set[str], suffixes: list[str] | None = None) -> list[str]:
+    """Stems listed in a split file: one per line; blank lines and ``#`` comments skipped.
+
+    A line may be a file name or path: the folder and an image/label extension are dropped, and a modality
+    suffix (``FLIR_00002_PreviewData`` -> ``FLIR_00002``) when that names a known frame.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable split file ({err})") from None
+    stems = []
+    extensions = set(IMAGE_EXTENSIONS) | {".npy", ".txt", ".xml", ".json"}
+    for line in lines:
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        name = Path(text.replace("\\", "/")).name
+        if Path(name).suffix.lower() in extensions:
+            name = Path(name).stem
+        if name not in known:
+            for suffix in suffixes or []:
+                if name.endswith(suffix) and name[: -len(suffix)] in known:
+                    name = name[: -len(suffix)]
+                    break
+        stems.append(name)
+    return stems
+
+
+class NpySource(DataSource):
+    """The original layout: ``images/<stem>.npy`` (H, W, C) + ``labels/<stem>.txt``."""
+
+    def open(self) -> None:
+        images = resolve_path(self.data.images_dir, self.root) if self.data.images_dir else self.root / "images"
+        if not images.is_dir():
+            raise DataError(f"images folder not found: {images} (original layout: DATA/images/*.npy)")
+        for path in sorted(images.iterdir()):
+            if not path.is_file() or path.suffix.lower() != ".npy":
+                continue
+            if path.stem in self.files:
+                self._add(Problem("duplicate_stem", str(path), f"same frame as {self.files[path.stem]['npy']}",
+                                  path.stem))
+                continue
+            self.files[path.stem] = {"npy": path}
+        self.stems = sorted(self.files)
+        self._open_labels(("labels",))
+
+    def _read_arrays(self, stem: str, problems: list[Problem], info: FrameInfo) -> dict[str, np.ndarray]:
+        path = self.files[stem]["npy"]
+        try:
+            array = read_npy_file(path)
+        except ImageFileError as err:
+            problems.append(Problem(err.kind, err.path, err.detail, stem))
+            return {}
+        arrays = {}
+        for m in self.modalities:
+            indices = list(m.source)  # type: ignore[arg-type]
+            if max(indices) >= array.shape[2] or min(indices) < -array.shape[2]:
+                problems.append(Problem("channels", str(path), f"wrong channel count: {array.shape[2]} channels, "
+                                        f"modality '{m.name}' needs channel(s) {indices}", stem))
+                continue
+            arrays[m.name] = np.ascontiguousarray(array[:, :, indices])
+            info.dtypes[m.name] = str(array.dtype)
+        return arrays
+
+
+class FolderSource(DataSource):
+    """Paired folders: one folder per modality with identical stems (LLVIP, FLIR-aligned, M3FD, generic)."""
+
+    def open(self) -> None:
+        per_modality: dict[str, dict[str, Path]] = {}
+        partition: dict[str, str] = {}
+        for m in self.modalities:
+            folder = self.root / str(m.source)
+            found: dict[str, Path] = {}
+            # suffixes of other modalities in the same folder: their files are not this modality's
+            others = [o.suffix for o in self.modalities if o.source == m.source and len(o.suffix) > len(m.suffix)]
+            for path, part in _list_images(folder):
+                stem = path.stem
+                if any(stem.endswith(o) for o in others):
+                    continue
+                if m.suffix:
+                    if not stem.endswith(m.suffix):
+                        continue
+                    stem = stem[: -len(m.suffix)]
+                if stem in found:
+                    self._add(Problem("duplicate_stem", str(path), f"same frame '{stem}' as {found[stem]}", stem))
+                    continue
+                found[stem] = path
+                if part is not None:
+                    partition.setdefault(stem, part)
+            per_modality[m.name] = found
+        all_stems = sorted(set().union(*per_modality.values()))
+        for stem in all_stems:
+            have = {name: files[stem] for name, files in per_modality.items() if stem in files}
+            self.files[stem] = have
+            for m in self.modalities:
+                if m.name not in have:
+                    existing = next(iter(have.values()))
+                    self._add(Problem("missing_partner", str(existing), f"missing partner: no {m.name} file for "
+                                      f"frame '{stem}' in {self.root / str(m.source)}/", stem))
+        self.stems = all_stems
+        self.partitions = {s: p for s, p in partition.items() if s in self.files}
+        self._read_partition_files()
+        candidates = self.preset.labels if self.preset and self.preset.labels else PRESETS["folders"].labels
+        self._open_labels(candidates)
+
+    def _read_arrays(self, stem: str, problems: list[Problem], info: FrameInfo) -> dict[str, np.ndarray]:
+        arrays = {}
+        for m in self.modalities:
+            path = self.files[stem].get(m.name)
+            if path is None:
+                continue
+            try:
+                image = read_image_file(path)
+                info.dtypes[m.name] = str(image.dtype)
+                arrays[m.name] = convert_channels(image, m.channels, path, m.name)
+            except ImageFileError as err:
+                problems.append(Problem(err.kind, err.path, err.detail, stem))
+        return arrays
+
+
+def _list_images(folder: Path) -> list[tuple[Path, str | None]]:
+    """Image files of a modality folder, and those in its partition sub-folders (``train/``, ``test/``...)."""
+    entries: list[tuple[Path, str | None]] = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            entries.append((path, None))
+        elif path.is_dir() and path.name.lower() in PARTITION_FOLDERS:
+            part = PARTITION_FOLDERS[path.name.lower()]
+            entries.extend((p, part) for p in sorted(path.iterdir())
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return entries
+
+
+def open_source(root: str | Path, data: DataConfig | None = None, layout: str | None = None) -> DataSource:
+    """Open the data set at ``root``: list frames and files, parse labels, resolve class names.
+
+    ``layout`` (or ``data.layout``) ``auto`` detects it (:func:`~.layouts.detect_layout`). Problems in files
+    are recorded on the source (and reported by the check), not raised; DataError is raised only when the
+    data set cannot be opened at all (no such folder, no labels, a modality folder missing).
+    """
+    data = data or DataConfig()
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data root not found: {root}")
+    chosen = layout if layout not in (None, "auto") else data.layout
+    if chosen == "auto":
+        chosen = detect_layout(root, data)
+    if chosen not in LAYOUTS:
+        raise DataError(f"unknown layout {chosen!r} (choose from {', '.join(('auto',) + LAYOUTS)})")
+    modalities, notes = effective_modalities(data, chosen, root)
+    cls: Callable[..., DataSource] = NpySource if chosen == "original" else FolderSource
+    source = cls(root, chosen, data, modalities, notes)
+    source.open()
+    return source
+
