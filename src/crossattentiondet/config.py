@@ -453,7 +453,7 @@ class EvalConfig(StrictModel):
 
 class MlflowConfig(StrictModel):
     enabled: bool = False
-    tracking_uri: str | None = None  # None: a local file store, <output.root>/mlruns
+    tracking_uri: str | None = None  # None: local SQLite store <output.root>/mlflow.db, artifacts in mlruns/
     experiment: str = "crossattentiondet"
 
 

@@ -14,6 +14,7 @@ from crossattentiondet.errors import USER_ERRORS
 COMMAND_MODULES = [
     "crossattentiondet.cli.model_cmd",
     "crossattentiondet.cli.data_cmd",
+    "crossattentiondet.cli.train_cmd",
 ]
 
 

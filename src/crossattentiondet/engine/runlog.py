@@ -149,14 +149,20 @@ class RunLog:
 
 
 def _start_mlflow(cfg: Any, run_dir: Path) -> Any:
+    """Start an MLflow run; by default in a local SQLite store next to the runs (no server needed)."""
     try:
         import mlflow
     except ImportError:
         from crossattentiondet.config import ConfigError
 
         raise ConfigError("output.mlflow.enabled=true needs MLflow: pip install 'crossattentiondet[mlflow]'") from None
-    uri = cfg.tracking_uri or (run_dir.parent / "mlruns").resolve().as_uri()
-    mlflow.set_tracking_uri(uri)
+    root = run_dir.parent.resolve()
+    mlflow.set_tracking_uri(cfg.tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        try:
+            mlflow.create_experiment(cfg.experiment, artifact_location=(root / "mlruns").as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # another process of a study created it first
     mlflow.set_experiment(cfg.experiment)
     mlflow.start_run(run_name=run_dir.name)
     return mlflow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -339,7 +340,10 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                         "checkpoint is kept. Lower train.lr, set train.grad_clip, try train.precision=fp32, or "
                         "check the data with `cadet data check`.")
             optimizer.zero_grad(set_to_none=True)
-            schedule.step()
+            with warnings.catch_warnings():
+                # the schedule's clock ticks on skipped updates too, which torch warns about once
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                schedule.step()
             state.global_step += 1
             group_ok = True
             group_stems = []
