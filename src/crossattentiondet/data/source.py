@@ -143,8 +143,9 @@ class DataSource(ABC):
     """
 
     def __init__(self, root: Path, layout: str, data: DataConfig, modalities: list[ModalityConfig],
-                 notes: list[str]) -> None:
+                 notes: list[str], require_labels: bool = True) -> None:
         self.root = root
+        self.require_labels = require_labels
         self.layout = layout
         self.data = data
         self.modalities = modalities
@@ -175,6 +176,9 @@ class DataSource(ABC):
         else:
             candidates = [self.root / c for c in default_candidates]
             existing = [c for c in candidates if c.exists()]
+            if not existing and not self.require_labels:  # inference on unlabelled frames
+                self.labels = LabelSet(format="yolo", path=self.root, frames={}, class_names=list(data.names or []))
+                return
             if not existing:
                 raise DataError(f"{self.root}: no labels found (looked for {', '.join(default_candidates)}); "
                                 "set data.labels")
@@ -219,7 +223,7 @@ class DataSource(ABC):
         for problem in self.labels.problems:
             self._add(problem)
         label_file_broken = any(p.stem is None and p.severity == "error" for p in self.labels.problems)
-        if not label_file_broken:
+        if not label_file_broken and self.require_labels:
             where = {"yolo": "no label file", "voc": "no label file", "coco": "not listed in the COCO file"}
             for stem in self.files:
                 if stem not in self.label_of:
@@ -451,8 +455,11 @@ def _list_images(folder: Path) -> list[tuple[Path, str | None]]:
     return entries
 
 
-def open_source(root: str | Path, data: DataConfig | None = None, layout: str | None = None) -> DataSource:
+def open_source(root: str | Path, data: DataConfig | None = None, layout: str | None = None,
+                *, require_labels: bool = True) -> DataSource:
     """Open the data set at ``root``: list frames and files, parse labels, resolve class names.
+
+    ``require_labels=False`` opens frames without labels (inference): no labels is not an error then.
 
     ``layout`` (or ``data.layout``) ``auto`` detects it (:func:`~.layouts.detect_layout`). Problems in files
     are recorded on the source (and reported by the check), not raised; DataError is raised only when the
@@ -469,7 +476,7 @@ def open_source(root: str | Path, data: DataConfig | None = None, layout: str | 
         raise DataError(f"unknown layout {chosen!r} (choose from {', '.join(('auto',) + LAYOUTS)})")
     modalities, notes = effective_modalities(data, chosen, root)
     cls: Callable[..., DataSource] = NpySource if chosen == "original" else FolderSource
-    source = cls(root, chosen, data, modalities, notes)
+    source = cls(root, chosen, data, modalities, notes, require_labels)
     source.open()
     return source
 
