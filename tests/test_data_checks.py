@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
+from tests.conftest import write_image
 
 from crossattentiondet.config import DataConfig, ExperimentConfig
 from crossattentiondet.data import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import write_image
+from tests.conftest import write_image
 
 from crossattentiondet.cli import main
 from crossattentiondet.config import DataConfig

@@ -427,7 +427,8 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     channels_last: bool = False
     tf32: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile the backbone (encoder + FPN); the detection heads stay eager
+    compile_backend: str = "inductor"  # e.g. "eager" / "aot_eager" to debug compilation
     ema: EmaConfig = EmaConfig()
     freeze: FreezeConfig = FreezeConfig()
     max_nonfinite: int = Field(default=5, ge=1)  # consecutive skipped updates before the run stops

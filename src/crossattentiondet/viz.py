@@ -210,12 +210,11 @@ def plot_training_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_robustness(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Bar chart of mAP and mAP_50 with nothing zeroed and with each modality zeroed
-    (rows from :func:`crossattentiondet.engine.evaluate.robustness_table`)."""
+def plot_ap_bars(labels: Sequence[str], rows: Sequence[Mapping[str, Any]], path: str | Path, *,
+                 title: str = "COCO AP", reference_line: bool = False) -> Path:
+    """Grouped bars of mAP and mAP_50 for several models or conditions (one label per row)."""
     if not rows:
-        raise ValueError("plot_robustness needs at least one row")
-    labels = [str(r["zeroed"]) for r in rows]
+        raise ValueError("plot_ap_bars needs at least one row")
 
     def column(key: str) -> np.ndarray:
         return np.asarray([float("nan") if r.get(key) is None else float(r[key]) for r in rows])
@@ -231,12 +230,22 @@ def plot_robustness(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01,
                     "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", va="bottom", fontsize=7)
     base = column("mAP")[0]
-    if labels[0] == "none" and math.isfinite(base):
+    if reference_line and math.isfinite(base):
         ax.axhline(base, color="black", linestyle="--", linewidth=0.8)
-    ax.set_xticks(x, ["all inputs" if lab == "none" else f"no {lab}" for lab in labels])
+    ax.set_xticks(x, list(labels), fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("COCO AP")
-    ax.set_title("Missing-modality robustness")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_robustness(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Bar chart of mAP and mAP_50 with nothing zeroed and with each modality zeroed
+    (rows from :func:`crossattentiondet.engine.evaluate.robustness_table`)."""
+    if not rows:
+        raise ValueError("plot_robustness needs at least one row")
+    labels = ["all inputs" if r["zeroed"] == "none" else f"no {r['zeroed']}" for r in rows]
+    return plot_ap_bars(labels, rows, path, title="Missing-modality robustness",
+                        reference_line=rows[0]["zeroed"] == "none")

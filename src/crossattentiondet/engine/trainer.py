@@ -154,6 +154,9 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
     model = build_detector(config, data.num_classes, load_pretrained=checkpoint is None).to(device)
     if cfg_train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg_train.compile:
+        # the backbone sees a few image sizes only; RPN/RoI heads have data-dependent shapes, so stay eager
+        model.backbone.forward = torch.compile(model.backbone.forward, backend=cfg_train.compile_backend, dynamic=True)
     lr = scaled_lr(cfg_train, info.world_size)
     optimizer = build_optimizer(model, cfg_train, lr)
     micro_batches = len(train_loader)

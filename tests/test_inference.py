@@ -1,0 +1,79 @@
+"""cadet eval and cadet predict on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossattentiondet.cli import main
+from crossattentiondet.config import load_config
+from crossattentiondet.engine.trainer import train
+from tests.conftest import DataTrees
+from tests.test_train import TINY, frames
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("inference")
+    root = DataTrees(tmp).npy("data", frames=frames(10), size=(64, 64), classes=["person", "car"])
+    result = train(load_config(None, [*TINY, f"data.root={root}", f"output.root={tmp / 'runs'}", "name=tiny",
+                                      "train.epochs=1"]))
+    return result.run_dir, root
+
+
+def test_eval_own_test_split_matches_training(trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = trained
+    assert main(["eval", str(run), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    final = json.loads((run / "final_results.json").read_text())
+    # same split (the run's split.json), same weights (best.pt): the same numbers as at the end of training
+    assert summary["images"] == final["training"]["test_images"]
+    for key in ("mAP", "mAP_50", "mAR_100"):
+        assert summary["metrics"][key] == pytest.approx(final["results"][key], nan_ok=True)
+    out = Path(summary["out_dir"])
+    assert out == run / "eval_test" and (out / "metrics.json").is_file() and (out / "predictions_test.json").is_file()
+
+
+def test_eval_on_another_data_set_and_errors(trained: tuple[Path, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    run, root = trained
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    assert main(["eval", str(run / "checkpoints" / "best.pt"), "--data", str(other), "--out", str(tmp_path / "ev"),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 10 and summary["data_root"] == str(other)
+    assert main(["eval", str(run), "--split", "all"]) == 2
+    assert "--split all needs --data" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_predict_on_npy_files_and_unlabelled_folders(trained: tuple[Path, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run, root = trained
+    unlabelled = tmp_path / "unlabelled" / "images"
+    shutil.copytree(root / "images", unlabelled)
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(unlabelled), str(root / "images" / "f000.npy"), "--out", str(out),
+                 "--score-thresh", "0", "--panels", "3"]) == 0
+    result = json.loads((out / "detections.json").read_text())
+    assert len(result["frames"]) == 11 and result["class_names"] == ["person", "car"]
+    first = result["frames"][0]
+    assert (first["height"], first["width"]) == (64, 64)
+    for det in first["detections"]:
+        assert len(det["box_xyxy"]) == 4 and det["class_name"] in ("person", "car") and 0 <= det["score"] <= 1
+    assert (out / "panels.png").is_file()
+    # a data root without any labels works for prediction
+    assert main(["predict", str(run), str(tmp_path / "unlabelled"), "--out", str(tmp_path / "p2"), "--panels", "0"]) == 0
+    assert not (tmp_path / "p2" / "panels.png").exists()
+    capsys.readouterr()
+    np.save(tmp_path / "three.npy", np.zeros((64, 64, 3), np.uint8))
+    assert main(["predict", str(run), str(tmp_path / "three.npy"), "--out", str(tmp_path / "p3")]) == 2
+    assert "three.npy" in capsys.readouterr().err
+    assert main(["predict", str(run), str(tmp_path / "missing"), "--out", str(tmp_path / "p4")]) == 2
+    assert main(["predict", str(run), str(unlabelled), "--out", str(tmp_path / "p5"), "--score-thresh", "2"]) == 2
