@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -345,7 +346,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
             optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():
                 # the schedule's clock ticks on skipped updates too, which torch warns about once
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 schedule.step()
             state.global_step += 1
             group_ok = True
