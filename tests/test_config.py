@@ -168,3 +168,15 @@ def test_seed_template_with_overrides_and_bad_key(tmp_path: Path) -> None:
     path.write_text(json.dumps(raw))
     with pytest.raises(ConfigError, match="learning_rat"):
         load_config(path)
+
+
+def test_cadet_config_prints_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
+    from crossattentiondet.cli import main
+
+    assert main(["config", "--config", "preset:demo", "train.epochs=3"]) == 0
+    tree = yaml.safe_load(capsys.readouterr().out)
+    assert tree["train"]["epochs"] == 3 and tree["name"] == "demo" and tree["model"]["backbone"] == "mit_b0"
+    assert main(["config", "--presets"]) == 0
+    assert "preset:demo" in capsys.readouterr().out.split()
+    assert main(["config", "--config", "preset:nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err

@@ -9,6 +9,14 @@ from crossattentiondet.cli.common import add_config_args, config_from_args, pars
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the fully resolved config (defaults + file + overrides)",
+                       description="Print the resolved experiment config as YAML (or JSON): every key with its "
+                                   "value. Presets: --config preset:NAME.")
+    add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    p.add_argument("--presets", action="store_true", help="list the presets shipped with the package")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("model-info", help="parameters per component and FLOPs of a configured detector",
                        description="Build the configured detector (random weights, no data needed) and report "
                                    "parameters per component, size and FLOPs.")
@@ -25,6 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", metavar="OUT.pt")
     p.add_argument("--backbone", default="mit_b1", choices=[f"mit_b{i}" for i in range(6)])
     p.set_defaults(func=cmd_convert_original)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from crossattentiondet.config import config_to_dict, preset_names
+
+    if args.presets:
+        print("\n".join(f"preset:{name}" for name in preset_names()))
+        return 0
+    tree = config_to_dict(config_from_args(args))
+    if args.json:
+        print_json(tree)
+    else:
+        print(yaml.safe_dump(tree, sort_keys=False), end="")
+    return 0
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
