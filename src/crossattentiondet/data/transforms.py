@@ -1,0 +1,284 @@
+"""Training-time augmentation of multi-modal samples.
+
+:func:`build_transforms` turns an :class:`~crossattentiondet.config.AugmentConfig` into a callable
+``(sample, rng) -> sample``. All randomness comes from the generator it is given (the dataset seeds it per
+(seed, epoch, index)), so augmented epochs are reproducible and a resumed run sees the same samples.
+
+Order: geometric transforms (horizontal flip, scale jitter, random crop) move every modality and the
+boxes together; then photometric transforms (RGB colour jitter, CLAHE, motion blur, noise, thermal
+gain/offset); modality dropout comes last, so a dropped modality is exactly its mean and not a noisy mean.
+
+Arrays stay in their native dtype (uint8 or uint16) and value range: photometric transforms work on the
+0-1 scale of each modality (raw / full scale, the full scale being ``ModalityConfig.scale`` if set, else
+255 for uint8 and 65535 for uint16), round back and clip to [0, full scale]. Inputs are never modified in
+place. Scale jitter changes the image size (Faster R-CNN batches images of different sizes by padding);
+it resizes with area averaging when shrinking and bilinear interpolation when enlarging.
+
+Modality dropout replaces one randomly chosen modality (never the only one) by its normalisation mean
+(``ModalityConfig.mean`` x full scale, rounded to the nearest representable value). After the model's
+normalisation ``(x / scale - mean) / std`` that is the zero input - within half a quantisation step - which
+is exactly what test-time modality zeroing (``model.zero_modalities``, robustness evaluation) feeds the
+network; so the model is trained on the same "missing sensor" signal it is evaluated with, not on black
+frames, which would be a strongly negative, out-of-distribution input after normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import cv2
+import numpy as np
+
+from crossattentiondet.config import AugmentConfig, ModalityConfig
+from crossattentiondet.data.sample import Sample
+
+Transform = Callable[[Sample, np.random.Generator], Sample]
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def identity(sample: Sample, rng: np.random.Generator) -> Sample:
+    """The evaluation transform: returns the sample unchanged."""
+    return sample
+
+
+def build_transforms(augment: AugmentConfig, modalities: list[ModalityConfig], train: bool) -> Transform:
+    """The sample transform for training (``train=True``: :class:`Augmenter`) or evaluation (identity)."""
+    if not train:
+        return identity
+    return Augmenter(augment, modalities)
+
+
+def dtype_max(dtype: np.dtype) -> float:
+    """255 for uint8, 65535 for uint16 (the value that maps to 1.0 when ``ModalityConfig.scale`` is unset)."""
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    raise TypeError(f"augmentation supports uint8 and uint16 arrays, got {dtype}")
+
+
+class Augmenter:
+    """Callable ``(sample, rng) -> sample`` applying the configured augmentations.
+
+    A class rather than a closure so that DataLoader worker processes can pickle it.
+    """
+
+    def __init__(self, augment: AugmentConfig, modalities: list[ModalityConfig]) -> None:
+        self.cfg = augment
+        self.modalities = {m.name: m for m in modalities}
+        # names that do not match a 3-channel (rgb) or any (thermal) modality are ignored
+        self.rgb = [m.name for m in modalities if m.name in augment.rgb_modalities and m.channels == 3]
+        self.thermal = [m.name for m in modalities if m.name in augment.thermal_modalities]
+        if augment.scale_jitter is not None and min(augment.scale_jitter) <= 0:
+            raise ValueError(f"augment.scale_jitter factors must be > 0, got {augment.scale_jitter}")
+        if min(augment.thermal_gain) < 0:
+            raise ValueError(f"augment.thermal_gain must be >= 0, got {augment.thermal_gain}")
+
+    # ------------------------------------------------------------------------------------ helpers
+    def full_scale(self, name: str, array: np.ndarray) -> float:
+        """The raw value of 1.0 for this modality: its configured ``scale`` (at most the dtype's max)."""
+        top = dtype_max(array.dtype)
+        m = self.modalities.get(name)
+        return min(float(m.scale), top) if m is not None and m.scale is not None else top
+
+    # --------------------------------------------------------------------------------------- call
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        cfg = self.cfg
+        arrays = dict(sample.modalities)
+        boxes = np.asarray(sample.boxes, np.float32).reshape(-1, 4)
+        labels = np.asarray(sample.labels, np.int64).reshape(-1)
+        # Decisions are drawn from ``rng`` in a fixed order, so one generator state gives one result.
+        if rng.random() < cfg.hflip:
+            arrays, boxes = hflip(arrays, boxes)
+        if cfg.scale_jitter is not None:
+            lo, hi = sorted(cfg.scale_jitter)
+            factor = float(rng.uniform(lo, hi))
+            if factor != 1.0:
+                arrays, boxes = rescale(arrays, boxes, factor)
+        if cfg.crop_prob > 0 and rng.random() < cfg.crop_prob:
+            arrays, boxes, labels = random_crop(arrays, boxes, labels, rng, cfg.crop_min_scale, cfg.crop_min_visible)
+
+        jitter = cfg.color_jitter
+        if jitter.prob > 0:
+            for name in self.rgb:
+                if name in arrays and rng.random() < jitter.prob:
+                    arrays[name] = color_jitter(arrays[name], self.full_scale(name, arrays[name]), rng,
+                                                jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+        if cfg.clahe > 0:
+            for name in list(arrays):
+                if arrays[name].shape[-1] in (1, 3) and rng.random() < cfg.clahe:
+                    arrays[name] = clahe(arrays[name], self.full_scale(name, arrays[name]))
+        if cfg.motion_blur > 0 and rng.random() < cfg.motion_blur:
+            kernel = motion_kernel(cfg.motion_blur_kernel, float(rng.uniform(0.0, 180.0)))
+            arrays = {name: _filter(a, kernel) for name, a in arrays.items()}
+        if cfg.noise > 0 and rng.random() < cfg.noise:
+            arrays = {name: gaussian_noise(a, self.full_scale(name, a), cfg.noise_std, rng)
+                      for name, a in arrays.items()}
+        if cfg.thermal_gain_offset > 0:
+            for name in self.thermal:
+                if name in arrays and rng.random() < cfg.thermal_gain_offset:
+                    gain = float(rng.uniform(*cfg.thermal_gain))
+                    offset = float(rng.uniform(*cfg.thermal_offset))
+                    arrays[name] = gain_offset(arrays[name], self.full_scale(name, arrays[name]), gain, offset)
+
+        candidates = [n for n in arrays if n in self.modalities]
+        if cfg.modality_dropout > 0 and len(arrays) >= 2 and candidates and rng.random() < cfg.modality_dropout:
+            name = candidates[int(rng.integers(len(candidates)))]
+            arrays[name] = self.mean_image(name, arrays[name])
+        return replace(sample, modalities=arrays, boxes=boxes, labels=labels)
+
+    def mean_image(self, name: str, array: np.ndarray) -> np.ndarray:
+        """An array like ``array`` filled with the modality's normalisation mean (zero after normalisation)."""
+        mean = np.asarray(self.modalities[name].mean, np.float64) * self.full_scale(name, array)
+        value = np.clip(np.rint(mean), 0, dtype_max(array.dtype)).astype(array.dtype)
+        out = np.empty_like(array)
+        out[...] = value if array.ndim == 3 else value[0]  # (C,) broadcasts over (H, W, C)
+        return out
+
+
+# ------------------------------------------------------------------------------------- geometric
+def hflip(arrays: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Mirror every modality left-right and the boxes with them."""
+    width = next(iter(arrays.values())).shape[1]
+    out = {name: np.ascontiguousarray(a[:, ::-1]) for name, a in arrays.items()}
+    flipped = boxes.copy()
+    flipped[:, 0] = width - boxes[:, 2]
+    flipped[:, 2] = width - boxes[:, 0]
+    return out, flipped
+
+
+def rescale(arrays: dict[str, np.ndarray], boxes: np.ndarray, factor: float
+            ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Resize every modality by ``factor`` (boxes follow the exact per-axis ratio of the rounded size)."""
+    height, width = next(iter(arrays.values())).shape[:2]
+    new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    out = {name: _keep_shape(cv2.resize(a, (new_w, new_h), interpolation=interp), a) for name, a in arrays.items()}
+    scaled = boxes * np.array([new_w / width, new_h / height, new_w / width, new_h / height], np.float32)
+    return out, scaled
+
+
+def random_crop(arrays: dict[str, np.ndarray], boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                min_scale: float, min_visible: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Crop a random window (each side >= ``min_scale`` of the image) from every modality.
+
+    Boxes are clipped to the window; boxes keeping less than ``min_visible`` of their area, and boxes of
+    zero area, are dropped together with their labels.
+    """
+    height, width = next(iter(arrays.values())).shape[:2]
+    crop_w = max(1, min(width, round(width * float(rng.uniform(min_scale, 1.0)))))
+    crop_h = max(1, min(height, round(height * float(rng.uniform(min_scale, 1.0)))))
+    x0 = int(rng.integers(0, width - crop_w + 1))
+    y0 = int(rng.integers(0, height - crop_h + 1))
+    out = {name: np.ascontiguousarray(a[y0:y0 + crop_h, x0:x0 + crop_w]) for name, a in arrays.items()}
+    shifted = boxes - np.array([x0, y0, x0, y0], np.float32)
+    clipped = np.empty_like(shifted)
+    clipped[:, [0, 2]] = np.clip(shifted[:, [0, 2]], 0, crop_w)
+    clipped[:, [1, 3]] = np.clip(shifted[:, [1, 3]], 0, crop_h)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept_w = clipped[:, 2] - clipped[:, 0]
+    kept_h = clipped[:, 3] - clipped[:, 1]
+    kept = kept_w * kept_h
+    keep = (kept_w > 0) & (kept_h > 0) & (kept >= min_visible * np.maximum(area, 0))
+    return out, clipped[keep], labels[keep]
+
+
+def _keep_shape(result: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """OpenCV drops a trailing channel axis of length 1; put it back."""
+    if like.ndim == 3 and result.ndim == 2:
+        return result[..., None]
+    return result
+
+
+# ----------------------------------------------------------------------------------- photometric
+def _to_unit(array: np.ndarray, full: float) -> np.ndarray:
+    return array.astype(np.float32) * np.float32(1.0 / full)
+
+
+def _from_unit(unit: np.ndarray, full: float, dtype: np.dtype) -> np.ndarray:
+    return np.clip(np.rint(unit * np.float32(full)), 0, full).astype(dtype)
+
+
+def color_jitter(array: np.ndarray, full: float, rng: np.random.Generator, brightness: float, contrast: float,
+                 saturation: float, hue: float) -> np.ndarray:
+    """Brightness, contrast, saturation and hue jitter of an (H, W, 3) RGB array (torchvision semantics)."""
+    x = _to_unit(array, full)
+    b = float(rng.uniform(max(0.0, 1 - brightness), 1 + brightness))
+    c = float(rng.uniform(max(0.0, 1 - contrast), 1 + contrast))
+    s = float(rng.uniform(max(0.0, 1 - saturation), 1 + saturation))
+    h = float(rng.uniform(-hue, hue))
+    x = np.clip(x * b, 0, 1)
+    gray_mean = float((x @ _LUMA).mean())
+    x = np.clip((x - gray_mean) * c + gray_mean, 0, 1)
+    gray = (x @ _LUMA)[..., None]
+    x = np.clip((x - gray) * s + gray, 0, 1)
+    if h != 0.0:
+        hsv = cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2HSV)  # float input: hue in degrees
+        hsv[..., 0] = np.mod(hsv[..., 0] + h * 360.0, 360.0)
+        x = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0, 1)
+    return _from_unit(x, full, array.dtype)
+
+
+def clahe(array: np.ndarray, full: float, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation in the native dtype (8- or 16-bit).
+
+    One channel: applied directly. Three channels: applied to the luminance, and the colour channels are
+    scaled by the luminance ratio, so hue and saturation are kept.
+    """
+    height, width = array.shape[:2]
+    grid = (max(1, min(tiles, width // 8)), max(1, min(tiles, height // 8)))
+    op = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=grid)
+    top = dtype_max(array.dtype)
+    # OpenCV's CLAHE maps onto the dtype's whole range; stretch [0, full] onto it and back, so that e.g.
+    # 14-bit thermal counts in a 16-bit array stay 14-bit
+    stretch = np.float32(top / full)
+    if array.ndim == 2 or array.shape[-1] == 1:
+        plane = array.reshape(height, width)
+        if stretch != 1:
+            plane = np.clip(np.rint(plane.astype(np.float32) * stretch), 0, top).astype(array.dtype)
+        out = op.apply(np.ascontiguousarray(plane))
+        if stretch != 1:
+            out = np.clip(np.rint(out.astype(np.float32) / stretch), 0, full).astype(array.dtype)
+        return out.reshape(array.shape)
+    x = array.astype(np.float32)
+    luma = (x @ _LUMA) * stretch
+    equalised = op.apply(np.clip(np.rint(luma), 0, top).astype(array.dtype)).astype(np.float32)
+    ratio = equalised / np.maximum(luma, 1e-3)
+    return np.clip(np.rint(x * ratio[..., None]), 0, full).astype(array.dtype)
+
+
+def motion_kernel(size: int, angle_deg: float) -> np.ndarray:
+    """A normalised line kernel of odd length ``size`` (rounded up) through the centre at ``angle_deg``."""
+    size = size + 1 - size % 2
+    centre = size // 2
+    # bilinear splats of points along the line: symmetric about the centre, so blurring shifts nothing
+    t = np.linspace(-centre, centre, 8 * size)
+    x = centre + t * math.cos(math.radians(angle_deg))
+    y = centre + t * math.sin(math.radians(angle_deg))
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    kernel = np.zeros((size + 1, size + 1), np.float64)
+    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(kernel, (y0 + dy, x0 + dx), w)
+    kernel = kernel[:size, :size].astype(np.float32)
+    return kernel / kernel.sum()
+
+
+def _filter(array: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    # ddepth=-1 keeps the dtype; OpenCV rounds and saturates
+    return _keep_shape(cv2.filter2D(array, -1, kernel, borderType=cv2.BORDER_REFLECT), array)
+
+
+def gaussian_noise(array: np.ndarray, full: float, std: float, rng: np.random.Generator) -> np.ndarray:
+    """Add zero-mean Gaussian noise of ``std`` (0-1 scale) in raw units."""
+    noise = rng.standard_normal(array.shape, dtype=np.float32) * np.float32(std * full)
+    return np.clip(np.rint(array.astype(np.float32) + noise), 0, full).astype(array.dtype)
+
+
+def gain_offset(array: np.ndarray, full: float, gain: float, offset: float) -> np.ndarray:
+    """Thermal camera calibration drift: ``x * gain + offset`` (offset on the 0-1 scale)."""
+    out = array.astype(np.float32) * np.float32(gain) + np.float32(offset * full)
+    return np.clip(np.rint(out), 0, full).astype(array.dtype)
