@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import write_image
 
 from crossattentiondet.config import DataConfig, ExperimentConfig
 from crossattentiondet.data import (
@@ -17,6 +16,7 @@ from crossattentiondet.data import (
     resolve_modality_scales,
 )
 from crossattentiondet.errors import DataError
+from tests.conftest import write_image
 
 QUIET = {"log": lambda _: None}
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tests.conftest import write_image
 
 from crossattentiondet.cli import main
 from crossattentiondet.config import DataConfig
 from crossattentiondet.data import compute_stats, convert_dataset, open_source
 from crossattentiondet.errors import DataError
+from tests.conftest import write_image
 
 
 @pytest.fixture

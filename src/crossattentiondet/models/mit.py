@@ -50,13 +50,40 @@ def mit_spec(backbone: str, **overrides: object) -> MiTSpec:
     return spec
 
 
+def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W) map, channels_last-strided: a view, no copy.
+
+    Spelled as view + permute (not transpose + reshape) so the batch stride stays H*W*C even for batch 1;
+    otherwise convolutions cannot tell the layout is channels_last and copy the map to NCHW and back.
+    """
+    b, _, c = x.shape
+    return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) map -> (B, H*W, C) tokens; a view when the map is channels_last."""
+    return x.flatten(2).transpose(1, 2)
+
+
 def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the residual branch for whole samples with probability ``prob``."""
     if prob == 0.0 or not training:
         return x
+    return x * _keep_scale(x, prob)
+
+
+def _keep_scale(x: torch.Tensor, prob: float) -> torch.Tensor:
+    """Per-sample factor (B, 1, ..., 1): 0 for dropped samples, 1 / keep for kept ones."""
     keep = 1.0 - prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
+    # scaling the tiny mask instead of the branch saves one full pass over the activations
+    return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+
+
+def add_drop_path(residual: torch.Tensor, branch: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
+    """``residual + drop_path(branch)`` in one fused pass (``addcmul``) when drop-path is active."""
+    if prob == 0.0 or not training:
+        return residual + branch
+    return torch.addcmul(residual, branch, _keep_scale(branch, prob))
 
 
 class DropPath(nn.Module):
@@ -82,7 +109,7 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         _, _, h, w = x.shape
-        return self.norm(x.flatten(2).transpose(1, 2)), h, w
+        return self.norm(map_to_tokens(x)), h, w
 
 
 class EfficientSelfAttention(nn.Module):
@@ -104,7 +131,7 @@ class EfficientSelfAttention(nn.Module):
         head_dim = c // self.num_heads
         q = self.q(x).view(b, n, self.num_heads, head_dim).transpose(1, 2)
         if self.sr_ratio > 1:
-            reduced = self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+            reduced = map_to_tokens(self.sr(tokens_to_map(x, h, w)))
             kv_in = self.norm(reduced)
         else:
             kv_in = x
@@ -119,9 +146,7 @@ class DepthwiseConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        b, n, c = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w))
-        return x.flatten(2).transpose(1, 2)
+        return map_to_tokens(self.dwconv(tokens_to_map(x, h, w)))
 
 
 class MixFFN(nn.Module):
@@ -151,8 +176,9 @@ class MiTBlock(nn.Module):
         self.mlp = MixFFN(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
-        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
+        p, training = self.drop_path.prob, self.training
+        x = add_drop_path(x, self.attn(self.norm1(x), h, w), p, training)
+        return add_drop_path(x, self.mlp(self.norm2(x), h, w), p, training)
 
 
 class MixTransformer(nn.Module):
@@ -202,7 +228,7 @@ class MixTransformer(nn.Module):
             else:
                 tokens = block(tokens, h, w)
         tokens = getattr(self, f"norm{stage}")(tokens)
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        return tokens_to_map(tokens, h, w)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []

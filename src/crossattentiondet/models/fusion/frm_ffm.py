@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crossattentiondet.models.fusion.registry import FusionOutput, register_fusion
+from crossattentiondet.models.mit import map_to_tokens, tokens_to_map
 
 
 class ChannelWeights(nn.Module):
@@ -147,8 +148,8 @@ class FeatureFusionModule(nn.Module):
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         b, c, h, w = x1.shape
-        t1, t2 = self.cross(x1.flatten(2).transpose(1, 2), x2.flatten(2).transpose(1, 2))
-        merged = torch.cat((t1, t2), dim=-1).transpose(1, 2).reshape(b, 2 * c, h, w)
+        t1, t2 = self.cross(map_to_tokens(x1), map_to_tokens(x2))
+        merged = tokens_to_map(torch.cat((t1, t2), dim=-1), h, w)
         return self.channel_emb(merged)
 
 
