@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "crossattentiondet.cli.model_cmd",
     "crossattentiondet.cli.data_cmd",
     "crossattentiondet.cli.train_cmd",
+    "crossattentiondet.cli.study_cmd",
     "crossattentiondet.cli.bench_cmd",
 ]
 

@@ -1,0 +1,212 @@
+"""Study plots: mAP per configuration with error bars, sensitivity curves, grids, Pareto fronts, AP by size.
+
+Error bars are 95% confidence intervals of the mean over seeds (none with a single seed). matplotlib's
+object-oriented API only (Figure + Agg canvas, as in :mod:`crossattentiondet.viz`); every function writes
+one PNG atomically and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crossattentiondet.io import atomic_write
+from crossattentiondet.studies.aggregate import ConfigResult, StudyResults
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DPI = 100
+TEST_COLOR = "#3070b0"
+VAL_COLOR = "#90b8e0"
+BASELINE_COLOR = "#606060"
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    return path
+
+
+def _title(ax: Any, text: str, width: int = 60) -> None:
+    """A title wrapped to the axes (long study and phase names would be cut off)."""
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(text, width)), fontsize=9)
+
+
+def _mean_err(c: ConfigResult, metric: str) -> tuple[float, float]:
+    s = c.stats[metric]
+    half = (s.ci_high - s.ci_low) / 2 if math.isfinite(s.ci_high) else 0.0
+    return (s.mean if math.isfinite(s.mean) else math.nan), half
+
+
+def short_label(c: ConfigResult, keys: Sequence[str]) -> str:
+    """``se_reduction=8 inter_shared=1`` from the values of ``keys`` in the configuration."""
+    if c.configuration.config is None:
+        return c.configuration.id
+    tree: Any = c.configuration.config.model_dump(mode="json")
+    parts = []
+    for key in keys:
+        node = tree
+        for part in key.split("."):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, bool):
+            node = int(node)
+        elif isinstance(node, list):
+            node = "".join(str(v) for v in node) if all(isinstance(v, int) for v in node) else node
+        parts.append(f"{key.split('.')[-1]}={node}")
+    return " ".join(parts)
+
+
+def _baseline_band(ax: Any, baseline: ConfigResult | None, metric: str = "mAP") -> None:
+    if baseline is None:
+        return
+    mean, half = _mean_err(baseline, metric)
+    if not math.isfinite(mean):
+        return
+    ax.axhline(mean, color=BASELINE_COLOR, linestyle="--", linewidth=1.0,
+               label=f"baseline test {metric} ({baseline.configuration.id})")
+    if half > 0:
+        ax.axhspan(mean - half, mean + half, color=BASELINE_COLOR, alpha=0.12, linewidth=0)
+
+
+def plot_config_bars(configs: list[ConfigResult], baseline: ConfigResult | None, path: Path, title: str) -> Path:
+    """Validation and test mAP of each configuration (mean over seeds, 95% CI), the baseline as a band."""
+    fig = _figure(max(5.0, 0.75 * len(configs) + 2.0), 4.4)
+    ax = fig.subplots()
+    x = np.arange(len(configs))
+    width = 0.38
+    for offset, metric, color, label in ((-width / 2, "val_mAP", VAL_COLOR, "validation mAP"),
+                                         (width / 2, "mAP", TEST_COLOR, "test mAP")):
+        means, errs = zip(*(_mean_err(c, metric) for c in configs)) if configs else ((), ())
+        ax.bar(x + offset, np.nan_to_num(means), width, yerr=errs, capsize=3, color=color, label=label,
+               error_kw={"linewidth": 0.9})
+    _baseline_band(ax, baseline)
+    ax.set_xticks(x, [c.configuration.id for c in configs], rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("COCO mAP")
+    _title(ax, title)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_sensitivity(lines: dict[str, list[tuple[float, ConfigResult]]], key: str, baseline: ConfigResult | None,
+                     path: Path) -> Path:
+    """Test mAP against one numeric setting, one line per configuration the phase built on."""
+    fig = _figure(6.0, 4.2)
+    ax = fig.subplots()
+    for parent, points in lines.items():
+        points = sorted(points, key=lambda p: p[0])
+        xs = [p[0] for p in points]
+        means, errs = zip(*(_mean_err(c, "mAP") for _, c in points))
+        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, linewidth=1.4, label=parent)
+    _baseline_band(ax, baseline)
+    ax.set_xlabel(key)
+    ax.set_ylabel("test mAP")
+    _title(ax, f"Sensitivity to {key.split('.')[-1]} (mean over seeds, 95% CI)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_grid(groups: dict[str, list[tuple[str, ConfigResult]]], baseline: ConfigResult | None, path: Path,
+              title: str) -> Path:
+    """Grouped bars: one group per configuration the phase built on, one bar per grid point."""
+    labels = list(dict.fromkeys(label for members in groups.values() for label, _ in members))
+    fig = _figure(max(6.0, 1.0 + len(groups) * (0.3 * len(labels) + 0.6)), 4.6)
+    ax = fig.subplots()
+    from matplotlib import colormaps
+
+    width = 0.8 / max(1, len(labels))
+    cmap = colormaps["tab10"]
+    for j, label in enumerate(labels):
+        xs, means, errs = [], [], []
+        for g, members in enumerate(groups.values()):
+            for member_label, c in members:
+                if member_label == label:
+                    mean, err = _mean_err(c, "mAP")
+                    xs.append(g - 0.4 + width * (j + 0.5))
+                    means.append(mean)
+                    errs.append(err)
+        ax.bar(xs, np.nan_to_num(means), width, yerr=errs, capsize=2, color=cmap(j % 10), label=label,
+               error_kw={"linewidth": 0.8})
+    _baseline_band(ax, baseline)
+    ax.set_xticks(np.arange(len(groups)), list(groups), fontsize=8)
+    ax.set_ylabel("test mAP")
+    _title(ax, title)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (lower or equal cost and higher or equal accuracy, one
+    strictly), ordered by cost."""
+    front = []
+    for i, (cost, acc) in enumerate(points):
+        dominated = any(c <= cost and a >= acc and (c < cost or a > acc) for j, (c, a) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+COST_AXES = (("params_M", "parameters (M)"), ("detector_gflops", "detector GFLOPs / image"),
+             ("latency_ms", "latency (ms / image)"))
+
+
+def plot_pareto(results: StudyResults, path: Path) -> Path:
+    """Test mAP against parameters, FLOPs and latency; the Pareto front joined and labelled."""
+    fig = _figure(14.0, 4.4)
+    axes = fig.subplots(1, len(COST_AXES))
+    for ax, (metric, label) in zip(axes, COST_AXES):
+        usable = [c for c in results.configs
+                  if math.isfinite(c.stats[metric].mean) and math.isfinite(c.stats["mAP"].mean)]
+        if not usable:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlabel(label)
+            continue
+        costs = [c.stats[metric].mean for c in usable]
+        means, errs = zip(*(_mean_err(c, "mAP") for c in usable))
+        ax.errorbar(costs, means, yerr=errs, fmt="o", color=TEST_COLOR, ecolor="#a0a0a0", capsize=2, markersize=4)
+        front = pareto_front(list(zip(costs, means)))
+        ax.plot([costs[i] for i in front], [means[i] for i in front], color="#d04020", linewidth=1.3,
+                drawstyle="steps-post", label="Pareto front")
+        for i in front:
+            ax.annotate(usable[i].configuration.id, (costs[i], means[i]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test mAP")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Accuracy vs cost (mean over seeds, 95% CI)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_ap_by_size(results: StudyResults, path: Path) -> Path:
+    """AP of small, medium and large objects per configuration (mean over seeds, 95% CI)."""
+    configs = results.configs
+    fig = _figure(max(6.0, 0.8 * len(configs) + 2.0), 4.4)
+    ax = fig.subplots()
+    x = np.arange(len(configs))
+    width = 0.27
+    for j, (metric, color) in enumerate((("mAP_small", "#80b060"), ("mAP_medium", "#3070b0"),
+                                         ("mAP_large", "#c06030"))):
+        means, errs = zip(*(_mean_err(c, metric) for c in configs)) if configs else ((), ())
+        ax.bar(x + (j - 1) * width, np.nan_to_num(means), width, yerr=errs, capsize=2, color=color,
+               label=metric, error_kw={"linewidth": 0.8})
+    ax.set_xticks(x, [c.configuration.id for c in configs], rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("test AP")
+    _title(ax, "AP by object size (COCO areas; n/a where a split has no objects of a size)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,234 @@
+"""REPORT.md of a study: status, selections, per-phase tables with confidence intervals and tests against the
+matched baseline, plots (mAP per configuration, sensitivity, grids, accuracy vs cost, AP by size), the
+modality table, failures, every run. Regenerated from the run directories each time."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from crossattentiondet.io import atomic_write_text
+from crossattentiondet.studies import plots
+from crossattentiondet.studies.aggregate import (
+    ALPHA,
+    ConfigResult,
+    StudyResults,
+    collect,
+    write_summaries,
+)
+from crossattentiondet.studies.plan import StudyPlan
+from crossattentiondet.studies.runner import status_counts
+
+
+def _f(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _mean_std(c: ConfigResult, metric: str) -> str:
+    s = c.stats[metric]
+    if s.n == 0:
+        return "n/a"
+    return _f(s.mean) + (f" ± {_f(s.std)}" if s.n > 1 else "")
+
+
+def _ci(c: ConfigResult, metric: str) -> str:
+    s = c.stats[metric]
+    return f"[{_f(s.ci_low)}, {_f(s.ci_high)}]" if math.isfinite(s.ci_low) else "n/a"
+
+
+def _changes(c: ConfigResult) -> str:
+    if not c.configuration.changes:
+        return "(base config)"
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c.configuration.changes.items()).replace("|", "/")
+
+
+def _verdict(c: ConfigResult, results: StudyResults) -> tuple[str, str, str]:
+    """(difference with CI, p-value, plain-words flag) against the baseline."""
+    if results.baseline is None:
+        return "n/a", "n/a", "no baseline"
+    if c is results.baseline:
+        return "—", "—", "(baseline)"
+    comp = c.vs_baseline.get("mAP")
+    if comp is None or not math.isfinite(comp.diff):
+        return "n/a", "n/a", "no results"
+    diff = f"{comp.diff:+.3f}" + (f" [{comp.ci_low:+.3f}, {comp.ci_high:+.3f}]" if math.isfinite(comp.ci_low) else "")
+    if c.n < 2 or results.baseline.n < 2:
+        flag = "not testable (fewer than 2 seeds)"
+    elif comp.distinguishable:
+        flag = "yes: " + ("better" if comp.diff > 0 else "worse") + " than the baseline"
+    else:
+        flag = "no: within seed noise"
+    p = "<0.001" if math.isfinite(comp.p_value) and comp.p_value < 0.001 else _f(comp.p_value)
+    return diff, p, flag
+
+
+def _config_table(configs: list[ConfigResult], results: StudyResults) -> list[str]:
+    lines = ["| configuration | changes | seeds | test mAP | 95% CI | Δ mAP vs baseline [95% CI] | p (Welch) | "
+             "distinguishable from noise? | val mAP | params (M) | GFLOPs | latency (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in configs:
+        diff, p, flag = _verdict(c, results)
+        lines.append(f"| {c.configuration.id} | {_changes(c)} | {c.n}/{len(c.records)} | {_mean_std(c, 'mAP')} | "
+                     f"{_ci(c, 'mAP')} | {diff} | {p} | {flag} | {_mean_std(c, 'val_mAP')} | "
+                     f"{_f(c.stats['params_M'].mean, 2)} | {_f(c.stats['detector_gflops'].mean, 2)} | "
+                     f"{_f(c.stats['latency_ms'].mean, 1)} |")
+    return lines
+
+
+def _recipe(plan: StudyPlan) -> str:
+    t = plan.base_config.train
+    schedule = t.schedule.type + (f" (step {t.schedule.step_size:g} epochs, gamma {t.schedule.gamma:g})"
+                                  if t.schedule.type == "step" else "")
+    return (f"{plan.base_config.model.backbone}, {t.epochs} epochs, batch {t.batch_size} x accumulation "
+            f"{t.accumulation}, {t.optimizer.type} lr {t.lr:g} (momentum {t.optimizer.momentum:g}, weight decay "
+            f"{t.optimizer.weight_decay:g}), {schedule} schedule, {t.precision}; data: "
+            f"{plan.base_config.data.root or 'built-in synthetic scenes'}")
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _phase_plots(results: StudyResults, index: int, members: list[ConfigResult], plot_dir: Path) -> list[str]:
+    plan = results.plan
+    phase = plan.spec.phases[index - 1]
+    lines: list[str] = []
+    if not members:
+        return lines
+    path = plots.plot_config_bars(([results.baseline] if results.baseline and results.baseline not in members
+                                   else []) + members, results.baseline, plot_dir / f"phase{index}_{phase.name}_mAP.png",
+                                  f"Phase {index} ({phase.name}): mAP per configuration (mean over seeds, 95% CI)")
+    lines += [f"![phase {index} mAP](plots/{path.name})", ""]
+    if phase.select is None:
+        return lines
+    by_parent: dict[str, list[ConfigResult]] = {}
+    for c in members:
+        by_parent.setdefault(c.configuration.parent or "?", []).append(c)
+    keys = list(phase.axes)
+    if len(keys) == 1 and not phase.points and _numeric(phase.axes[keys[0]]):
+        key = keys[0]
+        curves: dict[str, list[tuple[float, ConfigResult]]] = {}
+        for parent_id, children in by_parent.items():
+            parent = results.config(parent_id)
+            points = [(_value(parent, key), parent)] + [(_value(c, key), c) for c in children]
+            curves[parent_id] = [(float(x), c) for x, c in points if isinstance(x, (int, float))]
+        path = plots.plot_sensitivity(curves, key, results.baseline, plot_dir / f"phase{index}_{phase.name}_sensitivity.png")
+        lines += [f"![sensitivity to {key}](plots/{path.name})", ""]
+    else:
+        label_keys = keys or sorted({k for c in members for k in c.configuration.changes})
+        groups = {parent_id: [(plots.short_label(results.config(parent_id), label_keys), results.config(parent_id))]
+                  + [(plots.short_label(c, label_keys), c) for c in children] for parent_id, children in by_parent.items()}
+        path = plots.plot_grid(groups, results.baseline, plot_dir / f"phase{index}_{phase.name}_grid.png",
+                               f"Phase {index} ({phase.name}): test mAP per grid point, grouped by the configuration "
+                               "it builds on")
+        lines += [f"![phase {index} grid](plots/{path.name})", ""]
+    return lines
+
+
+def _value(c: ConfigResult, key: str) -> Any:
+    node: Any = c.configuration.config.model_dump(mode="json") if c.configuration.config else {}
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _modality_section(results: StudyResults) -> list[str]:
+    keys = ("model.streams", "model.zero_modalities")
+    if not any(k in c.configuration.changes for c in results.configs for k in keys):
+        return []
+    names = [m.name for m in results.plan.base_config.data.modalities]
+    lines = ["## Modalities", "", "| configuration | " + " | ".join(names) + " | streams | test mAP | Δ vs baseline | "
+             "p | distinguishable from noise? |", "|---" * (len(names) + 6) + "|"]
+    for c in results.configs:
+        config = c.configuration.config
+        if config is None:
+            continue
+        used = {m for s in config.model.streams for m in s} - set(config.model.zero_modalities)
+        diff, p, flag = _verdict(c, results)
+        streams = " / ".join("+".join(s) for s in config.model.streams)
+        lines.append(f"| {c.configuration.id} | " + " | ".join("yes" if n in used else "—" for n in names)
+                     + f" | {streams} | {_mean_std(c, 'mAP')} | {diff} | {p} | {flag} |")
+    return [*lines, ""]
+
+
+def write_report(plan: StudyPlan, results: StudyResults | None = None) -> Path:
+    """Write REPORT.md, the summary CSVs and the plots into the study directory; returns REPORT.md's path."""
+    results = results or collect(plan)
+    write_summaries(plan, results)
+    study_dir = plan.study_dir
+    plot_dir = study_dir / "plots"
+    counts = status_counts(plan)
+    n_pending_selection = sum(1 for c in plan.configurations if c.pending) * len(plan.seeds)
+    lines = [f"# Study `{plan.spec.name}`", ""]
+    if plan.spec.description:
+        lines += [plan.spec.description, ""]
+    if plan.settings.quick:
+        lines += ["> **Quick mode**: a tiny model on small synthetic data for a few epochs. These numbers test the "
+                  "pipeline, not the methods.", ""]
+    lines += [f"- recipe: {_recipe(plan)}",
+              f"- seeds: {', '.join(str(s) for s in plan.seeds)}; configurations: "
+              f"{sum(1 for c in plan.configurations if not c.pending)} known"
+              + (f" + {sum(1 for c in plan.configurations if c.pending)} awaiting selection" if n_pending_selection else ""),
+              f"- matched baseline: `{plan.baseline_id}`" if plan.baseline_id else "- no matched baseline",
+              "- runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+              "- files: summary.csv (runs and configurations with statistics), summary_all_experiments.csv (one row "
+              "per run), plots/, each run in <configuration>/seed<k>/", ""]
+    lines += ["How to read: every number is the mean over seeds with its 95% confidence interval (Student t). A "
+              "difference from the baseline is called distinguishable from seed noise only when Welch's t-test "
+              f"gives p < {ALPHA} with at least 2 seeds on both sides; with many configurations some will pass by "
+              "chance, so summary.csv also has Holm-corrected p-values (mAP_p_holm). Later phases were chosen on "
+              "validation mAP only; test results were not used for any decision.", ""]
+    failed = [r for r in results.records if r.state.status == "failed"]
+    if failed:
+        lines += ["## Failed runs", "", "| run | error | log |", "|---|---|---|"]
+        for r in failed:
+            error = str((r.state.failed or {}).get("error", "")).replace("|", "/")
+            lines.append(f"| {r.run.key} | {error} | {r.run.run_dir}/stdout.log |")
+        lines += ["", "`cadet study run` retries failed runs.", ""]
+    baseline_rows = [results.baseline] if results.baseline and results.baseline.configuration.phase == 0 else []
+    for index, phase in enumerate(plan.spec.phases, start=1):
+        members = [c for c in results.configs if c.configuration.phase == index]
+        pending = [c for c in plan.configurations if c.phase == index and c.pending]
+        lines += [f"## Phase {index}: {phase.name}", ""]
+        selection = plan.selections.get(index)
+        if selection is not None:
+            lines += [f"Builds on the top {selection.top_k} configurations of phase {selection.source_phase} by "
+                      f"validation {selection.metric} (mean over seeds):", "",
+                      "| rank | configuration | validation mean | std | seeds | selected |", "|---|---|---|---|---|---|"]
+            for rank, row in enumerate(selection.ranking, start=1):
+                lines.append(f"| {rank} | {row['id']} | {_f(row.get('mean'))} | {_f(row.get('std'))} | {row.get('n')} | "
+                             f"{'yes' if row['id'] in selection.selected else ''} |")
+            if selection.missing:
+                lines.append(f"\nRanked without {len(selection.missing)} missing run(s): {', '.join(selection.missing)}")
+            lines.append("")
+        if pending:
+            lines += [f"{len(pending)} configurations ({len(pending) * len(plan.seeds)} runs) await the selection: "
+                      f"{plan.waiting.get(index, '')}.", ""]
+        if members:
+            lines += [*_config_table(baseline_rows + members, results), ""]
+            lines += _phase_plots(results, index, members, plot_dir)
+    if results.configs:
+        lines += ["## Accuracy vs cost", "", "Parameters and FLOPs are per image at the evaluation size; latency is "
+                  "the median of the run's inference timing on its own device (compare runs from one machine only).", ""]
+        path = plots.plot_pareto(results, plot_dir / "pareto.png")
+        lines += [f"![accuracy vs cost](plots/{path.name})", ""]
+        lines += ["## AP by object size", "", "| configuration | small | medium | large |", "|---|---|---|---|"]
+        for c in results.configs:
+            lines.append(f"| {c.configuration.id} | {_mean_std(c, 'mAP_small')} | {_mean_std(c, 'mAP_medium')} | "
+                         f"{_mean_std(c, 'mAP_large')} |")
+        path = plots.plot_ap_by_size(results, plot_dir / "ap_by_size.png")
+        lines += ["", f"![AP by size](plots/{path.name})", ""]
+    lines += _modality_section(results)
+    lines += ["## Runs", "", "| run | status | epochs | val mAP | test mAP | train time (h) | note |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results.records:
+        note = str((r.state.failed or {}).get("error", ""))[:120].replace("|", "/")
+        if r.state.status == "running" and r.state.lock is not None:
+            note = r.state.lock.describe()
+        lines.append(f"| {r.run.key} | {r.state.status} | {r.state.epochs_done} | {_f(r.metrics['val_mAP'])} | "
+                     f"{_f(r.metrics['mAP'])} | {_f(r.metrics['time_hr'], 3)} | {note} |")
+    lines.append("")
+    path = study_dir / "REPORT.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
