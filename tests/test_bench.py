@@ -137,3 +137,15 @@ def test_sparse_roi_align_matches_torchvision() -> None:
         torch.testing.assert_close(new, ref, atol=1e-5, rtol=1e-5)
     empty = SparseMultiScaleRoIAlign(names, 7, 2)(feats, [torch.zeros(0, 4), torch.zeros(0, 4)], shapes)
     assert empty.shape == (0, 4, 7, 7)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossattentiondet.engine import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    notes = runtime.precision_notes(cpu, "bf16")
+    assert len(notes) == 1 and "emulated" in notes[0] and "fp32" in notes[0]
+    assert runtime.precision_notes(cpu, "fp32") == []
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.precision_notes(cpu, "bf16") == []

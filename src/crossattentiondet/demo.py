@@ -17,7 +17,7 @@ from crossattentiondet.io import atomic_write_text, read_json
 
 VARIANTS = {
     "fused": ("RGB | thermal + event, FRM+FFM fusion", []),
-    "rgb_only": ("RGB only (single stream)", ["model.streams=[[rgb]]"]),
+    "rgb_only": ("RGB only (single stream)", ["model.streams=[[rgb]]", "data.augment.modality_dropout=0"]),
 }
 
 

@@ -30,6 +30,7 @@ from crossattentiondet.engine.runtime import (
     check_precision,
     configure_backends,
     peak_memory_mb,
+    precision_notes,
     resolve_device,
     synchronize,
 )
@@ -58,23 +59,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when oneDNN has bf16 matmul/conv kernels on this CPU (AVX512-BF16 or AMX); else bf16 is emulated."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # older/newer torch without these probes: do not guess
-        return True
-
-
-def precision_notes(device: torch.device, precision: str) -> list[str]:
-    """Warnings a user should see next to the timings (e.g. bf16 on a CPU that emulates it)."""
-    notes = []
-    if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
-        notes.append("this CPU has no native bf16 (neither AVX512-BF16 nor AMX): bf16 matmuls and convolutions "
-                     "are emulated and much slower than fp32 here; use train.precision=fp32 on this machine")
-    return notes
 
 
 def current_memory_mb(device: torch.device) -> float:

@@ -71,6 +71,23 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("train.precision=bf16: this GPU has no bf16 support; use fp16")
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN has bf16 matmul/conv kernels on this CPU (AVX512-BF16 or AMX); else bf16 is emulated."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older/newer torch without these probes: do not guess
+        return True
+
+
+def precision_notes(device: torch.device, precision: str) -> list[str]:
+    """Warnings a user should see next to the timings (e.g. bf16 on a CPU that emulates it)."""
+    notes = []
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
+        notes.append("this CPU has no native bf16 (neither AVX512-BF16 nor AMX): bf16 matmuls and convolutions "
+                     "are emulated and much slower than fp32 here; use train.precision=fp32 on this machine")
+    return notes
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     """Mixed-precision context for the forward pass (a no-op for fp32)."""
     if precision == "fp32":

@@ -43,6 +43,7 @@ from crossattentiondet.engine.runtime import (
     configure_backends,
     init_distributed,
     main_first,
+    precision_notes,
     resolve_device,
     rng_state,
     seed_everything,
@@ -133,6 +134,8 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
     cfg_train = user_config.train
     log.info(f"run {run_dir} on {device}{f' x{info.world_size} (DDP)' if info.enabled else ''}, "
              f"precision {cfg_train.precision}" + (" (resumed)" if checkpoint else ""))
+    for note in precision_notes(device, cfg_train.precision):
+        log.info(f"warning: {note}")
     seed_everything(user_config.seed)
 
     # ---- data: check first, then splits and loaders (rank 0 prepares caches, the others wait)
