@@ -36,6 +36,8 @@ def test_demo_trains_both_models_and_writes_a_report(tmp_path: Path, capsys: pyt
 
     report = (out / "REPORT.md").read_text()
     assert "RGB only (single stream)" in report and "FRM+FFM" in report
+    table = [line for line in report.splitlines() if line.startswith("| RGB")]
+    assert len(table) == 2 and all(line.count("|") == table[0].count("|") for line in table)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(links) >= 5
     for link in links:

@@ -16,7 +16,7 @@ from crossattentiondet.config import load_config
 from crossattentiondet.io import atomic_write_text, read_json
 
 VARIANTS = {
-    "fused": ("RGB | thermal + event, FRM+FFM fusion", []),
+    "fused": ("RGB + thermal + event (two streams: RGB, thermal + event; FRM+FFM fusion)", []),
     "rgb_only": ("RGB only (single stream)", ["model.streams=[[rgb]]", "data.augment.modality_dropout=0"]),
 }
 
