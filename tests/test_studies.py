@@ -175,6 +175,18 @@ def test_quick_keeps_ids_and_phases_and_shrinks_the_runs(tmp_path: Path) -> None
     assert ids(quick, 1) == GAFF_PHASE1 and len(ids(quick, 2)) == 21
 
 
+def test_quick_keeps_what_a_study_varies(tmp_path: Path) -> None:
+    spec = spec_from_dict({"name": "epochs_sweep", "seeds": 1, "id_format": "exp_{n:03d}_e{e}",
+                           "id_fields": {"e": "train.epochs"},
+                           "phases": [{"name": "sweep", "axes": {"train.epochs": [5, 10],
+                                                                 "train.precision": ["fp16"]}}]})
+    plan = build_plan(spec, StudySettings(quick=True, seeds=[0], output=tmp_path / "s"))
+    configs = {c.id: c.config for c in plan.configurations if c.phase == 1}
+    assert sorted(c.train.epochs for c in configs.values()) == [5, 10]  # varied: kept
+    assert {c.train.precision for c in configs.values()} == {"fp32"}  # forced: fp16 cannot run on a CPU
+    assert all(list(c.model.mit.embed_dims) == [8, 16, 24, 32] for c in configs.values())  # not varied: shrunk
+
+
 def test_overrides_apply_to_every_configuration(tmp_path: Path) -> None:
     plan = plan_of("cssa", tmp_path, 1, overrides=["train.epochs=3", "data.root=/data/x", "model.fusion.flow=fused"])
     assert {(c.config.train.epochs, c.config.data.root, c.config.model.fusion.flow)

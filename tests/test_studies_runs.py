@@ -83,6 +83,8 @@ def test_tiny_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert configs["exp_001_s3"]["n"] == "2" and configs["exp_001_s3"]["mAP_distinguishable_from_noise"] in ("yes", "no")
     assert float(configs["exp_001_s3"]["params_M"]) != float(configs["baseline"]["params_M"])
     assert "(baseline)" in (out / "REPORT.md").read_text()
+    run_rows = [r for r in rows if r["row"] == "run"]
+    assert all(r["backbone"] and r["epochs"] == "1" and r["best_epoch"] == "1" for r in run_rows)  # original columns
 
     # nothing left to do: rerunning starts no training process
     before = {p: p.stat().st_mtime for p in out.glob("*/seed*/final_results.json")}

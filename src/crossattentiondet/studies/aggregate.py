@@ -308,7 +308,8 @@ def summary_all_rows(results: StudyResults) -> tuple[list[dict[str, Any]], list[
 def summary_rows(results: StudyResults) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows and columns of summary.csv (run rows, then configuration rows)."""
     varied = [column_name(k) for k in results.varied_keys]
-    columns = ["row", "exp_id", "seed", "phase", "phase_name", "parent", "status", "n", *varied, "changes"]
+    original = [c for c in ("backbone", "epochs", "best_epoch") if c not in varied]  # of summary_all_experiments.csv
+    columns = ["row", "exp_id", "seed", "phase", "phase_name", "parent", "status", "n", *varied, *original, "changes"]
     for metric in ALL_METRICS:
         columns += [metric, f"{metric}_std", f"{metric}_ci95_low", f"{metric}_ci95_high"]
         if metric in ACCURACY_METRICS:

@@ -133,8 +133,9 @@ BUILTIN_STUDIES: dict[str, dict[str, Any]] = {
 }
 
 # `--quick`: a tiny model (the demo preset's narrow MiT, narrower still), the built-in synthetic data, one
-# epoch; the study keeps its axes, ids and phases. Applied after each configuration's own changes, so it
-# also shrinks what a configuration sets (batch size, fp16 that a CPU cannot run).
+# epoch; the study keeps its axes, ids and phases. Applied after each configuration's own changes, except
+# for keys a configuration sets itself (a study of train.epochs keeps its epochs); QUICK_FORCED keys are
+# always applied (fp16 cannot run on a CPU, the data must be the synthetic set).
 QUICK_OVERRIDES: list[str] = [
     "data.root=null", "data.synthetic.images=32", "data.synthetic.size=[64,48]", "data.loader.num_workers=0",
     "model.pretrained=null", "model.mit.embed_dims=[8,16,24,32]", "model.mit.num_heads=[1,2,2,4]",
@@ -146,6 +147,7 @@ QUICK_OVERRIDES: list[str] = [
     "train.grad_clip=10.0", "eval.speed_iters=1", "eval.robustness=false", "eval.panels=0",
     "output.tensorboard=false",
 ]
+QUICK_FORCED = frozenset({"data.root", "model.pretrained", "train.precision"})
 
 
 def builtin_spec(name: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from crossattentiondet.config import (
     set_dotted,
 )
 from crossattentiondet.io import json_safe, read_json
-from crossattentiondet.studies.builtin import QUICK_OVERRIDES
+from crossattentiondet.studies.builtin import QUICK_FORCED, QUICK_OVERRIDES
 from crossattentiondet.studies.spec import NAME_PATTERN, StudySpec
 from crossattentiondet.studies.state import RunState, read_run_state
 
@@ -239,14 +239,14 @@ class _Resolver:
         except ConfigError as err:
             raise ConfigError(f"study '{spec.name}': base config: {_one_line(err)}") from None
         self.tree = self._apply(defaults, spec.set, "set")
-        late: list[tuple[str, Any]] = []
+        late: list[tuple[str, Any, str]] = []
         for where, texts in (("--quick", QUICK_OVERRIDES if settings.quick else []),
                              ("override", settings.overrides)):
             for text in texts:
                 path, value = parse_override(text)
                 key = ".".join(path)
                 check_key(self.tree, key, f"{where} {text!r}")
-                late.append((key, value))
+                late.append((key, value, where))
         self.late = late
 
     def _apply(self, tree: dict[str, Any], changes: dict[str, Any], where: str) -> dict[str, Any]:
@@ -258,7 +258,9 @@ class _Resolver:
 
     def resolve(self, point: dict[str, Any], where: str) -> ExperimentConfig:
         tree = self._apply(self.tree, point, where)
-        for key, value in self.late:
+        for key, value, origin in self.late:
+            if origin == "--quick" and key not in QUICK_FORCED and _touches(point, key):
+                continue  # what the study varies survives --quick (else its configurations would coincide)
             set_dotted(tree, key.split("."), copy.deepcopy(value))
         try:
             return build_config(tree)
@@ -303,6 +305,11 @@ def render_id(spec: StudySpec, number: int, config: dict[str, Any] | None, unkno
 
 
 # ---------------------------------------------------------------------------------------------- selection
+def _touches(point: dict[str, Any], key: str) -> bool:
+    """Whether a configuration's changes set ``key``, a key above it or a key below it."""
+    return any(k == key or key.startswith(f"{k}.") or str(k).startswith(f"{key}.") for k in map(str, point))
+
+
 def selection_path(study_dir: Path, phase: int) -> Path:
     return study_dir / f"selection_phase{phase}.json"
 
