@@ -180,3 +180,21 @@ def test_cadet_config_prints_resolved_config(capsys: pytest.CaptureFixture[str])
     assert "preset:demo" in capsys.readouterr().out.split()
     assert main(["config", "--config", "preset:nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+REPO_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", REPO_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)
+    if path.name.startswith("memory_plan_"):
+        # the GPU memory plans of benchmarks/RESULTS.md: effective batch 16 for the backbone in their name
+        assert config.model.backbone in path.name
+        assert config.train.batch_size * config.train.accumulation == 16
+        assert config.train.precision in ("bf16", "fp16")
+
+
+def test_memory_plans_exist_for_large_backbones() -> None:
+    names = {p.name for p in REPO_CONFIGS}
+    assert {f"memory_plan_mit_b{b}_{gb}gb.yaml" for b in (4, 5) for gb in (40, 80)} <= names
