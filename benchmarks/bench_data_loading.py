@@ -70,7 +70,7 @@ def main() -> None:
             generate_dataset(root, args.images, (width, height), 3, fmt, seed=0)
 
     print(f"# {cpu_name()}, {os.cpu_count()} cores; {args.images} frames {width}x{height}, batch {args.batch}, "
-          f"train split (80%), augment={'flip+scale+crop' if args.augment else 'flip'}")
+          f"train split (data.split default), augment={'flip+scale+crop' if args.augment else 'flip'}")
     print("| layout | workers | images/s (median) | per pass |")
     print("|---|---|---|---|")
     for layout, (_fmt, root) in layouts.items():

@@ -231,3 +231,37 @@ def test_synthetic_race_uses_the_winner(tmp_path: Path, monkeypatch, trees) -> N
     mismatched = ExperimentConfig(data=DataConfig(synthetic=SyntheticConfig(images=5, cache_dir=str(target))))
     with pytest.raises(DataError, match="holds a synthetic data set made with"):
         prepare_data(mismatched, **QUIET)
+
+
+WORKERS_AFTER_OPENCV = """
+import sys
+from crossattentiondet.config import build_config
+from crossattentiondet.data.dataset import prepare_data
+from crossattentiondet.data.synth import generate_dataset
+
+root = sys.argv[1]
+generate_dataset(root, 8, (640, 480), 2, "folders", seed=0)  # OpenCV (threaded at this size) before the fork
+config = build_config({}, [f"data.root={root}", "data.layout=folders", "data.loader.num_workers=2"])
+data = prepare_data(config, None, log=lambda m: None)           # the data check decodes with OpenCV too
+seen = sum(len(images) for images, _, _ in data.loader("train", True, 2, seed=0))
+print("frames", seen)
+"""
+
+
+def test_loader_workers_do_not_hang_after_opencv_ran_in_the_main_process(tmp_path: Path) -> None:
+    # OpenCV's thread pool does not survive fork(): without cv2.setNumThreads(0) this hung forever on
+    # paired-folder data (PNG decoding) with num_workers > 0. A subprocess, so a regression fails, not hangs.
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", WORKERS_AFTER_OPENCV, str(tmp_path / "folders")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["frames", str(len(_train_stems(tmp_path / "folders")))]
+
+
+def _train_stems(root: Path) -> list[str]:
+    from crossattentiondet.config import build_config
+    from crossattentiondet.data.dataset import prepare_data
+
+    config = build_config({}, [f"data.root={root}", "data.layout=folders", "data.loader.num_workers=0"])
+    return prepare_data(config, None, log=lambda m: None).splits["train"]

@@ -15,6 +15,11 @@ import numpy as np
 
 from crossattentiondet.errors import DataError
 
+# OpenCV's own thread pool does not survive fork(): once the main process has decoded or converted an image
+# with it (data checks, synthetic data), DataLoader workers forked afterwards hang on their first cv2 call.
+# Decoding is parallel across workers anyway, so OpenCV runs single-threaded in this process and its children.
+cv2.setNumThreads(0)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SUPPORTED_DTYPES = (np.uint8, np.uint16)
 
