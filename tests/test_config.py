@@ -198,3 +198,15 @@ def test_every_shipped_config_loads(path: Path) -> None:
 def test_memory_plans_exist_for_large_backbones() -> None:
     names = {p.name for p in REPO_CONFIGS}
     assert {f"memory_plan_mit_b{b}_{gb}gb.yaml" for b in (4, 5) for gb in (40, 80)} <= names
+
+
+def test_cli_output_into_a_closed_pipe_is_not_a_traceback() -> None:
+    import os
+    import subprocess
+    import sys
+
+    # unbuffered, so the second line is written after `head` has gone: the write fails with EPIPE
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(["bash", "-c", f"'{sys.executable}' -m crossattentiondet study list | head -c 1"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.stdout == "c" and "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr

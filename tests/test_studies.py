@@ -387,6 +387,21 @@ def test_runner_skips_finished_and_locked_runs(tmp_path: Path) -> None:
     holder.release()
 
 
+@pytest.mark.parametrize(("overrides", "kwargs", "message"), [
+    (["data.root=/no/such/data"], {}, "configuration 'exp_001': data.root not found: /no/such/data"),
+    ([], {"max_parallel": 0}, "--max-parallel must be >= 1, got 0"),
+    ([], {"max_runs": 0}, "--max-runs must be >= 1, got 0"),
+])
+def test_runner_rejects_bad_input_before_writing_anything(tmp_path: Path, overrides: list[str],
+                                                          kwargs: dict[str, Any], message: str) -> None:
+    spec = spec_from_dict({"name": "s", "seeds": 1, "baseline": None,
+                           "phases": [{"name": "a", "axes": {"train.lr": [0.01, 0.02]}}]})
+    settings = StudySettings(output=tmp_path / "s", overrides=overrides)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_study(spec, settings, write_report=False, echo=lambda m: None, **kwargs)
+    assert not (tmp_path / "s").exists()
+
+
 def test_runner_selects_and_runs_the_next_phase_in_the_same_invocation(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from crossattentiondet.studies import launchers

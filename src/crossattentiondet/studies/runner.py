@@ -276,6 +276,15 @@ def execution_order(plan: StudyPlan, runs: list[PlannedRun]) -> list[PlannedRun]
     return sorted(runs, key=key)
 
 
+def check_data_roots(plan: StudyPlan) -> None:
+    """Fail before any run starts when a configuration's data.root does not exist (every run would fail)."""
+    for configuration in plan.configurations:
+        root = configuration.config.data.root if configuration.config is not None else None
+        if root is not None and not Path(root).expanduser().exists():
+            raise ConfigError(f"study '{plan.spec.name}', configuration '{configuration.id}': data.root "
+                              f"not found: {root}")
+
+
 def run_study(spec: StudySpec, settings: StudySettings | None = None, *, max_parallel: int = 1,
               max_runs: int | None = None, retry_failed: bool = True, write_report: bool = True,
               echo: Callable[[str], None] = print) -> StudyRunSummary:
@@ -288,7 +297,12 @@ def run_study(spec: StudySpec, settings: StudySettings | None = None, *, max_par
     from crossattentiondet.studies.launchers import run_local
 
     settings = settings or StudySettings()
+    if max_parallel < 1:
+        raise ConfigError(f"--max-parallel must be >= 1, got {max_parallel}")
+    if max_runs is not None and max_runs < 1:
+        raise ConfigError(f"--max-runs must be >= 1, got {max_runs}")
     plan = build_plan(spec, settings, record_selection=True)
+    check_data_roots(plan)
     check_plan_matches_disk(plan)
     record_study(plan)
     summary = StudyRunSummary(plan.study_dir)

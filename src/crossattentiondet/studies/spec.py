@@ -236,7 +236,9 @@ def load_spec(text: str | Path) -> StudySpec:
         return spec_from_dict(builtin_spec(text), f"built-in '{text}'")
     path = Path(text)
     if not path.is_file():
-        raise ConfigError(f"study {text!r}: not a built-in study ({', '.join(BUILTIN_STUDIES)}) nor a spec file")
+        hint = " (no such file or folder)" if not path.exists() else ""
+        raise ConfigError(f"study {text!r}: not a built-in study ({', '.join(BUILTIN_STUDIES)}), a study folder "
+                          f"or a spec file{hint}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
