@@ -6,9 +6,11 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -37,10 +39,13 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 def json_safe(value: Any) -> Any:
-    """NaN/inf -> None, recursively through dicts, lists and tuples."""
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python numbers, recursively through mappings,
+    lists and tuples."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]

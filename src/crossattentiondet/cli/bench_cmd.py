@@ -55,21 +55,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = bench(config, size, batch=args.batch, steps=args.steps, warmup=args.warmup, infer_batch=args.infer_batch,
                    images=args.images, eval_images=args.eval_images, runs=args.runs, infer=not args.no_infer)
     if args.json:
-        print_json(_json_safe(report))
+        print_json(report)  # NaN (a part that was not measured) prints as null
         return 0
     print_report(report)
     return 0
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN (a part that was not measured) becomes null, so the output is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def format_duration(seconds: float) -> str:

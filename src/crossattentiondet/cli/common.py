@@ -22,7 +22,10 @@ def config_from_args(args: argparse.Namespace, extra_overrides: list[str] | None
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str)
+    """Strict JSON on stdout: NaN/inf as null, numpy scalars as numbers, anything else unknown as a string."""
+    from crossattentiondet.io import json_safe
+
+    json.dump(json_safe(data), sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")
 
 

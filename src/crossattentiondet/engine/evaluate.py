@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from crossattentiondet.io import atomic_write_text
+from crossattentiondet.io import atomic_write_text, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class EvalResult:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN -> None) of everything except the predictions."""
-        return _nan_to_none({
+        return json_safe({
             "metrics": self.metrics,
             "per_class": self.per_class,
             "num_images": self.num_images,
@@ -416,18 +415,6 @@ def robustness_table(model: nn.Module, loader: Iterable[Any], device: torch.devi
 
 
 # ----------------------------------------------------------------------------------------------- files
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, Mapping):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    if isinstance(value, np.generic):
-        return _nan_to_none(value.item())
-    return value
-
-
 def save_predictions(path: str | Path, predictions: Sequence[Mapping[str, Any]]) -> None:
     """Write detections as a COCO results JSON file (atomically, compact: files reach 10^5 entries)."""
     atomic_write_text(path, json.dumps(list(predictions), separators=(",", ":"), allow_nan=False) + "\n")
