@@ -73,9 +73,8 @@ def run_local(plan: StudyPlan, runs: list[PlannedRun], *, max_parallel: int = 1,
               echo: Callable[[str], None] = print) -> list[RunOutcome]:
     """Train ``runs`` (their study_config.yaml written) on ``max_parallel`` local slots; returns outcomes.
 
-    Ctrl-C stops the training processes (they keep their last finished epoch) and re-raises."""
-    if max_parallel < 1:
-        raise ConfigError(f"--max-parallel must be >= 1, got {max_parallel}")
+    Ctrl-C stops the training processes (they keep their last finished epoch) and re-raises.
+    ``max_parallel`` >= 1 (checked by :func:`~crossattentiondet.studies.runner.run_study`)."""
     gpus = visible_gpus() if max_parallel > 1 else []
     if gpus and max_parallel > len(gpus):
         echo(f"note: {max_parallel} parallel runs on {len(gpus)} GPU(s): runs share GPUs")
