@@ -128,17 +128,39 @@ def test_cssa_eca_weights_learn() -> None:
 
 def test_cssa_threshold_controls_switching() -> None:
     torch.manual_seed(0)
-    x1, x2 = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
-    low = CSSAFusion(16, switching_thresh=0.0)
-    high = CSSAFusion(16, switching_thresh=1.0)
-    high.load_state_dict(low.state_dict())
-    assert low.switch_fraction(x1, x2) == (0.0, 0.0)
-    assert high.switch_fraction(x1, x2) == (1.0, 1.0)  # sigmoid < 1 everywhere: every channel switched
+    x1, x2 = torch.randn(2, 16, 8, 8) + torch.randn(2, 16, 1, 1), torch.randn(2, 16, 8, 8) + torch.randn(2, 16, 1, 1)
+    modules = {t: CSSAFusion(16, switching_thresh=t) for t in (0.0, 0.3, 0.7, 1.0)}
+    for m in modules.values():
+        m.load_state_dict(modules[0.0].state_dict())
+    fractions = {t: m.switch_fraction(x1, x2) for t, m in modules.items()}
+    assert fractions[0.0] == (0.0, 0.0)
+    assert sum(fractions[0.3]) < sum(fractions[0.7]) <= sum(fractions[1.0])
+    # a channel goes one way at most: the two sides hand over disjoint channels, together every channel
+    # whose weights differ at threshold 1
+    assert abs(sum(fractions[1.0]) - 1.0) < 1e-6
     with torch.no_grad():
-        f_low, _, _ = low(x1, x2)
-        f_high, _, _ = high(x1, x2)
-    # switching every channel swaps the two halves, and the average is symmetric
-    torch.testing.assert_close(f_low, f_high)
+        out = {t: m(x1, x2)[0] for t, m in modules.items()}
+    # the study's phase-2 pair must not be the same model (it was: the literal rule made "switch all" == "none")
+    assert (out[0.3] - out[0.7]).abs().max() > 1e-3
+    assert (out[0.0] - out[1.0]).abs().max() > 1e-3
+
+
+def test_cssa_switched_channel_is_the_better_modality() -> None:
+    torch.manual_seed(1)
+    module = CSSAFusion(8, switching_thresh=1.0)
+    x1, x2 = torch.randn(1, 8, 4, 4) + 1.0, torch.randn(1, 8, 4, 4) - 1.0
+    with torch.no_grad():
+        w1, w2 = module.eca1(x1), module.eca2(x2)
+        r1, r2 = x1 * w1, x2 * w2
+        better = torch.where(w1 >= w2, r1, r2)  # every channel decided by the larger weight
+        both = torch.cat((better, better), dim=1)
+        expected = better * (torch.sigmoid(both.mean(1, keepdim=True)) * torch.sigmoid(both.amax(1, keepdim=True)))
+        torch.testing.assert_close(module(x1, x2)[0], expected)
+        none = CSSAFusion(8, switching_thresh=0.0)
+        none.load_state_dict(module.state_dict())
+        both = torch.cat((r1, r2), dim=1)
+        gate = torch.sigmoid(both.mean(1, keepdim=True)) * torch.sigmoid(both.amax(1, keepdim=True))
+        torch.testing.assert_close(none(x1, x2)[0], 0.5 * (r1 + r2) * gate)
 
 
 def test_gaff_inter_shared_really_shares() -> None:
@@ -260,3 +282,27 @@ def test_drop_path_is_stochastic_in_training_only() -> None:
 def test_bad_head_count_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="divisible"):
         mit_spec("mit_b0", embed_dims=[10, 16, 24, 32], num_heads=[3, 2, 2, 4])
+
+
+def test_frm_ffm_initialised_as_the_original() -> None:
+    """Linears trunc-normal std 0.02 with zero bias (CMX / original), not PyTorch's fan-in uniform."""
+    torch.manual_seed(0)
+    module = build_fusion("frm_ffm", 128, 2, FusionConfig())
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears
+    for lin in linears:
+        assert abs(lin.weight.std().item() - 0.02) < 0.004
+        assert lin.bias is None or torch.count_nonzero(lin.bias) == 0
+
+
+def test_ffm_softmax_not_saturated_at_init() -> None:
+    """At 160x128 (the demo's frames) PyTorch's default init saturated most stage-1 FFM softmax columns."""
+    from crossattentiondet.models.fusion.frm_ffm import ffm_softmax_saturation
+
+    torch.manual_seed(0)
+    cfg = FusionConfig(type="frm_ffm", stages=[1, 2, 3, 4])
+    spec = mit_spec("mit_b0", embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])
+    enc = DualStreamEncoder(spec, (3, 2), FusionPlan.from_config(cfg), cfg, 0.0).eval()
+    x1, x2 = torch.randn(2, 3, 128, 160), torch.randn(2, 2, 128, 160)
+    shares = ffm_softmax_saturation(enc, x1, x2)
+    assert len(shares) == 4 and max(shares) < 0.05, shares

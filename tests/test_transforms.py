@@ -216,6 +216,41 @@ def test_modality_dropout_never_drops_a_single_modality() -> None:
     np.testing.assert_array_equal(out.modalities["rgb"], sample.modalities["rgb"])
 
 
+def test_modality_dropout_picks_only_modalities_the_model_uses() -> None:
+    """A single-modality model never loses its only input; a two-modality one drops only among its own."""
+    mods = modalities()
+    single = build_transforms(no_augment(modality_dropout=1.0), mods, train=True, used=["thermal"])
+    pair = build_transforms(no_augment(modality_dropout=1.0), mods, train=True, used=["rgb", "thermal"])
+    dropped_pair = set()
+    for seed in range(40):
+        sample = textured_sample(seed)
+        out = single(sample, np.random.default_rng(seed))
+        assert all(np.array_equal(out.modalities[n], sample.modalities[n]) for n in sample.modalities)
+        out = pair(sample, np.random.default_rng(seed))
+        changed = [n for n in out.modalities if not np.array_equal(out.modalities[n], sample.modalities[n])]
+        assert len(changed) == 1
+        dropped_pair.add(changed[0])
+    assert dropped_pair == {"rgb", "thermal"}
+
+
+def test_dataset_modality_dropout_follows_the_model_streams(trees) -> None:
+    from crossattentiondet.config import ExperimentConfig
+    from crossattentiondet.data.dataset import prepare_data
+
+    root = trees.npy(frames={f"frame{i:03d}": [(0, 0.5, 0.5, 0.5, 0.5)] for i in range(10)})
+    base = ["data.augment.hflip=0", "data.augment.modality_dropout=1.0", "data.loader.num_workers=0",
+            f"data.root={root}"]
+    from crossattentiondet.config import load_config
+
+    for streams, zero, expect in (("[[rgb]]", "[]", ["rgb"]), ("[[rgb],[thermal]]", "[thermal]", ["rgb"]),
+                                  ("[[rgb],[thermal,event]]", "[]", ["rgb", "thermal", "event"])):
+        config: ExperimentConfig = load_config(None, [*base, f"model.streams={streams}",
+                                                     f"model.zero_modalities={zero}"])
+        prepared = prepare_data(config, log=lambda _: None)
+        transform = prepared.dataset("train", train=True).transform
+        assert transform.dropout_candidates == expect, streams
+
+
 def changed_modalities(augment: AugmentConfig, seed: int = 0) -> set[str]:
     transform = build_transforms(augment, modalities(), train=True)
     sample = textured_sample(seed)

@@ -116,9 +116,14 @@ class SplitConfig(StrictModel):
     val_file: str | None = None
     test_file: str | None = None
     seed: int = 42
-    # "auto" groups numbered frame names into blocks; "none"; "regex:<pattern>" (the first capture group,
-    # or the whole match, names the group); "blocks:<N>" (N consecutive frames in sorted order).
+    # "auto": numbered frame names with several prefixes are whole sequences, with one prefix blocks of 10;
+    # "none"; "regex:<pattern>" (the first capture group, or the whole match, names the group); "blocks:<N>"
+    # (N consecutive frames in sorted order). See crossattentiondet.data.splits.
     group_by: str = "auto"
+    # blocks only (auto's blocks, blocks:<N>): frames within `gap` frames of a block of another split are left
+    # out of the lower split (train < val < test), so no training frame sits next to an evaluation frame;
+    # 0 keeps every frame.
+    gap: int = Field(default=3, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -364,6 +369,10 @@ class ModelConfig(StrictModel):
             raise ValueError(f"a modality may feed only one stream: {self.streams}")
         return self
 
+    def used_modalities(self) -> list[str]:
+        """Modalities the model really sees: those of its streams, less the ones it zeroes."""
+        return [m for s in self.streams for m in s if m not in self.zero_modalities]
+
 
 # ------------------------------------------------------------------------------------------- train
 class OptimizerConfig(StrictModel):
@@ -450,6 +459,8 @@ class EvalConfig(StrictModel):
     robustness: bool = True  # evaluate again with each modality zeroed
     speed: bool = True  # params, size, FLOPs, latency, throughput
     speed_iters: int = Field(default=5, ge=1)
+    # resamples of the test images for the 95% CI of mAP (bootstrap_<split>.json); 0: no bootstrap
+    bootstrap: int = Field(default=1000, ge=0)
 
 
 class MlflowConfig(StrictModel):

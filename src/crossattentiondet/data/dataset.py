@@ -354,7 +354,9 @@ class PreparedData:
         if transform is None:
             from crossattentiondet.data.transforms import build_transforms
 
-            transform = build_transforms(self.resolved_config.data.augment, self.modalities, train)
+            config = self.resolved_config
+            transform = build_transforms(config.data.augment, self.modalities, train,
+                                         used=config.model.used_modalities())
         return DetectionDataset(self.source, self._split(split), self.modality_order, self.image_ids, transform,
                                 seed=seed, on_error=self.resolved_config.data.on_error, skip_counter=self.skip_counter)
 

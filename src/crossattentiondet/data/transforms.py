@@ -14,7 +14,8 @@ Arrays stay in their native dtype (uint8 or uint16) and value range: photometric
 place. Scale jitter changes the image size (Faster R-CNN batches images of different sizes by padding);
 it resizes with area averaging when shrinking and bilinear interpolation when enlarging.
 
-Modality dropout replaces one randomly chosen modality (never the only one) by its normalisation mean
+Modality dropout replaces one randomly chosen modality among those the model sees (``used``; never when it
+sees fewer than two) by its normalisation mean
 (``ModalityConfig.mean`` x full scale, rounded to the nearest representable value). After the model's
 normalisation ``(x / scale - mean) / std`` that is the zero input - within half a quantisation step - which
 is exactly what test-time modality zeroing (``model.zero_modalities``, robustness evaluation) feeds the
@@ -44,11 +45,16 @@ def identity(sample: Sample, rng: np.random.Generator) -> Sample:
     return sample
 
 
-def build_transforms(augment: AugmentConfig, modalities: list[ModalityConfig], train: bool) -> Transform:
-    """The sample transform for training (``train=True``: :class:`Augmenter`) or evaluation (identity)."""
+def build_transforms(augment: AugmentConfig, modalities: list[ModalityConfig], train: bool,
+                     used: list[str] | None = None) -> Transform:
+    """The sample transform for training (``train=True``: :class:`Augmenter`) or evaluation (identity).
+
+    ``used`` names the modalities the model sees (``ModelConfig.used_modalities()``; None: all of
+    ``modalities``): modality dropout picks only among them.
+    """
     if not train:
         return identity
-    return Augmenter(augment, modalities)
+    return Augmenter(augment, modalities, used)
 
 
 def dtype_max(dtype: np.dtype) -> float:
@@ -66,9 +72,13 @@ class Augmenter:
     A class rather than a closure so that DataLoader worker processes can pickle it.
     """
 
-    def __init__(self, augment: AugmentConfig, modalities: list[ModalityConfig]) -> None:
+    def __init__(self, augment: AugmentConfig, modalities: list[ModalityConfig],
+                 used: list[str] | None = None) -> None:
         self.cfg = augment
         self.modalities = {m.name: m for m in modalities}
+        # Dropout candidates: only what the model sees. Blanking a modality it ignores wastes the draw; picking
+        # among loaded-but-unused ones would also let a single-modality model lose its only input.
+        self.dropout_candidates = [n for n in self.modalities if used is None or n in used]
         # names that do not match a 3-channel (rgb) or any (thermal) modality are ignored
         self.rgb = [m.name for m in modalities if m.name in augment.rgb_modalities and m.channels == 3]
         self.thermal = [m.name for m in modalities if m.name in augment.thermal_modalities]
@@ -124,8 +134,9 @@ class Augmenter:
                     offset = float(rng.uniform(*cfg.thermal_offset))
                     arrays[name] = gain_offset(arrays[name], self.full_scale(name, arrays[name]), gain, offset)
 
-        candidates = [n for n in arrays if n in self.modalities]
-        if cfg.modality_dropout > 0 and len(arrays) >= 2 and candidates and rng.random() < cfg.modality_dropout:
+        candidates = [n for n in self.dropout_candidates if n in arrays]
+        # never all of them: with fewer than two modalities the model sees, there is nothing to drop
+        if cfg.modality_dropout > 0 and len(candidates) >= 2 and rng.random() < cfg.modality_dropout:
             name = candidates[int(rng.integers(len(candidates)))]
             arrays[name] = self.mean_image(name, arrays[name])
         return replace(sample, modalities=arrays, boxes=boxes, labels=labels)

@@ -210,7 +210,7 @@ class MixTransformer(nn.Module):
             self.add_module(f"norm{i + 1}", nn.LayerNorm(spec.embed_dims[i], eps=spec.block_eps))
             start += spec.depths[i]
             prev = spec.embed_dims[i]
-        self.apply(_init_weights)
+        self.apply(segformer_init)
 
     @property
     def out_channels(self) -> list[int]:
@@ -238,8 +238,9 @@ class MixTransformer(nn.Module):
         return outs
 
 
-def _init_weights(module: nn.Module) -> None:
-    """SegFormer's initialisation: truncated normal linears, fan-out normal convs, unit LayerNorms."""
+def segformer_init(module: nn.Module) -> None:
+    """SegFormer's initialisation (``module.apply(segformer_init)``): truncated normal (std 0.02) linears,
+    fan-out normal convs, unit LayerNorms. CMX and the original CrossAttentionDet use it for FRM/FFM too."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

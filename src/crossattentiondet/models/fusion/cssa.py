@@ -7,11 +7,23 @@
 3. Parameter-free spatial attention on the concatenation: sigmoid(mean over channels) *
    sigmoid(max over channels); the two gated halves are averaged into the fused map.
 
-Differentiable formulation (a deliberate change from the original code): the original used w only in a
-hard mask, so the ECA convolutions never received a gradient and stayed at their random initialisation.
-Here each modality is first recalibrated by its ECA weights (x * w, the way ECA is used in ECA-Net), and
-switching then exchanges recalibrated channels. The mask stays hard, but every kept or switched channel
-carries a factor w, so the loss reaches the ECA parameters.
+Two deliberate changes from the original code, both needed for the module to do what the paper says:
+
+* Differentiable weights. The original used w only in a hard mask, so the ECA convolutions never received
+  a gradient and stayed at their random initialisation. Here each modality is first recalibrated by its ECA
+  weights (x * w, the way ECA is used in ECA-Net), and switching then exchanges recalibrated channels. The
+  mask stays hard, but every kept or switched channel carries a factor w, so the loss reaches the ECA
+  parameters.
+* Switching that matters. Read literally (switch each side where its own w < threshold, then average the
+  halves), switching is a no-op whenever both modalities switch the same channel: the average of the swapped
+  pair is the average of the original pair, and the spatial gate ignores channel order. So a threshold that
+  switches every channel gives exactly the output of one that switches none (thresholds 0.3 and 0.7 differed
+  by 6e-8 on a trained stage). The paper's intent is to replace an *uninformative* channel by the more
+  informative one of the other modality; so a channel is switched only where its own weight is below the
+  threshold **and** below the other modality's weight for that channel. Then the two sides never swap the
+  same channel: a switched channel contributes the better modality's (recalibrated) channel alone instead
+  of the average of both, and the threshold sets how many channels are decided that way (0: none, plain
+  averaging; 1: every channel where the weights differ).
 """
 
 from __future__ import annotations
@@ -56,15 +68,20 @@ class CSSAFusion(nn.Module):
     def forward(self, x1: Tensor, x2: Tensor) -> FusionOutput:
         w1, w2 = self.eca1(x1), self.eca2(x2)
         r1, r2 = x1 * w1, x2 * w2
-        s1 = torch.where(w1 < self.switching_thresh, r2, r1)
-        s2 = torch.where(w2 < self.switching_thresh, r1, r2)
+        switch1, switch2 = self.switch_masks(w1, w2)
+        s1 = torch.where(switch1, r2, r1)
+        s2 = torch.where(switch2, r1, r2)
         both = torch.cat((s1, s2), dim=1)
         gated = both * spatial_gate(both)
         fused = 0.5 * (gated[:, : self.channels] + gated[:, self.channels:])
         return fused, x1, x2
 
+    def switch_masks(self, w1: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
+        """Channels each modality hands over: its weight is below the threshold and below the other's."""
+        return (w1 < self.switching_thresh) & (w1 < w2), (w2 < self.switching_thresh) & (w2 < w1)
+
     def switch_fraction(self, x1: Tensor, x2: Tensor) -> tuple[float, float]:
         """Share of channels each modality would switch for these inputs (diagnostics)."""
         with torch.no_grad():
-            return ((self.eca1(x1) < self.switching_thresh).float().mean().item(),
-                    (self.eca2(x2) < self.switching_thresh).float().mean().item())
+            m1, m2 = self.switch_masks(self.eca1(x1), self.eca2(x2))
+            return m1.float().mean().item(), m2.float().mean().item()

@@ -3,7 +3,8 @@
 Numerically the same computation as the original code (reference/ORIGINAL.md); parameter names match its
 ``FRMs.i`` / ``FFMs.i`` sub-modules so original checkpoints load by renaming prefixes only.
 
-Per stage with C channels it has 43 C^2 + 35 C + 2 parameters (reduction 1).
+Per stage with C channels it has 43 C^2 + 35 C + 2 parameters (reduction 1). Initialised as the original:
+SegFormer's ``segformer_init`` (trunc-normal linears, fan-out convs).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crossattentiondet.models.fusion.registry import FusionOutput, register_fusion
-from crossattentiondet.models.mit import map_to_tokens, tokens_to_map
+from crossattentiondet.models.mit import map_to_tokens, segformer_init, tokens_to_map
 
 
 class ChannelWeights(nn.Module):
@@ -162,6 +163,10 @@ class FrmFfmFusion(nn.Module):
         super().__init__()
         self.frm = FeatureRectifyModule(channels, reduction, lambda_c, lambda_s)
         self.ffm = FeatureFusionModule(channels, reduction, num_heads)
+        # The original (CMX's code) initialises FRM and FFM like the MiT: linears trunc-normal std 0.02. With
+        # PyTorch's default init the FFM context logits k^T v (a sum over all N tokens) are ~50x larger and most
+        # softmax columns saturate at init (78 % above 0.99 at 160x128; benchmarks/bench_ffm_saturation.py).
+        self.apply(segformer_init)
 
     @classmethod
     def from_config(cls, channels: int, num_heads: int, config) -> FrmFfmFusion:  # noqa: ANN001
@@ -171,3 +176,33 @@ class FrmFfmFusion(nn.Module):
     def forward(self, x1: Tensor, x2: Tensor) -> FusionOutput:
         r1, r2 = self.frm(x1, x2)
         return self.ffm(r1, r2), r1, r2
+
+
+@torch.no_grad()
+def ffm_softmax_saturation(encoder: nn.Module, *inputs: Tensor, threshold: float = 0.99) -> list[float]:
+    """Share of FFM context-softmax columns whose largest entry exceeds ``threshold``, per FFM in ``encoder``.
+
+    A diagnostic for initialisation and input size: the context softmax runs over k^T v, a sum over all N
+    tokens, so its logits grow with the image; saturated columns (one-hot attention) pass almost no gradient.
+    ``inputs`` are what ``encoder(*inputs)`` takes.
+    """
+    shares: list[float] = []
+
+    def hook(module: CrossAttention, args: tuple[Tensor, Tensor], _output: object) -> None:
+        hit = total = 0
+        for kv, u in ((module.kv1, args[0]), (module.kv2, args[1])):
+            b, n, c = u.shape
+            k, v = kv(u).view(b, n, 2, module.num_heads, c // module.num_heads).permute(2, 0, 3, 1, 4)
+            ctx = (k.transpose(-2, -1) @ v * module.scale).softmax(dim=-2)
+            top = ctx.amax(dim=-2)  # (B, heads, d): the largest weight of each column
+            hit += int((top > threshold).sum())
+            total += top.numel()
+        shares.append(hit / total)
+
+    handles = [m.register_forward_hook(hook) for m in encoder.modules() if isinstance(m, CrossAttention)]
+    try:
+        encoder(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return shares
