@@ -36,6 +36,10 @@ def test_eval_own_test_split_matches_training(trained: tuple[Path, Path], capsys
         assert summary["metrics"][key] == pytest.approx(final["results"][key], nan_ok=True)
     out = Path(summary["out_dir"])
     assert out == run / "eval_test" and (out / "metrics.json").is_file() and (out / "predictions_test.json").is_file()
+    # the same test images, the same resamples: the same bootstrap as at the end of training
+    assert json.loads((out / "bootstrap_test.json").read_text())["samples"] == \
+        json.loads((run / "bootstrap_test.json").read_text())["samples"]
+    assert summary["bootstrap"]["ci95"] == final["results"]["mAP_ci95"]
 
 
 def test_eval_on_another_data_set_and_errors(trained: tuple[Path, Path], tmp_path: Path,

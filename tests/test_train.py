@@ -76,6 +76,12 @@ def test_run_directory_contents(data_root: Path, tmp_path: Path) -> None:
     assert final["speed"]["params"] > 0 and final["speed"]["images_per_s"] > 0
     predictions = json.loads((run / "predictions_test.json").read_text())
     assert all(set(p) == {"image_id", "category_id", "bbox", "score"} for p in predictions)
+    # the 95% CI of test mAP over test images: its point is the reported mAP
+    boot = json.loads((run / "bootstrap_test.json").read_text())
+    assert boot["metric"] == "mAP" and boot["n_boot"] == 1000 == len(boot["samples"])
+    assert boot["n_images"] == final["training"]["test_images"]
+    assert boot["point"] == pytest.approx(final["results"]["mAP"], abs=1e-6, nan_ok=True)
+    assert final["results"]["mAP_ci95"] == boot["ci95"]
     resolved = load_config(run / "config.yaml")
     assert resolved.data.modalities[0].scale == 255.0 and resolved.model.num_classes == 2
     split = json.loads((run / "split.json").read_text())

@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ class EvalResult:
     ``predictions``: detections in COCO results format (image_id, category_id, bbox xywh, score).
     ``pr_recall`` (R,) and ``pr_precision`` (K, R): interpolated precision at each recall threshold for
     IoU 0.5, all areas, 100 detections per image, one row per class (NaN rows: no ground truth).
+    ``image_records``: the evaluator's per-image ground truth and detections (sorted by image id), for
+    :func:`crossattentiondet.engine.bootstrap.bootstrap_map`; not written by :meth:`summary`.
     """
 
     metrics: dict[str, float]
@@ -65,6 +67,7 @@ class EvalResult:
     num_images: int = 0
     num_ground_truth: int = 0
     duplicates_skipped: int = 0
+    image_records: list[_ImageRecord] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN -> None) of everything except the predictions."""
@@ -125,6 +128,10 @@ class DetectionEvaluator:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def records(self) -> list[_ImageRecord]:
+        """The per-image ground truth and detections added so far, sorted by image id."""
+        return sorted(self._records.values(), key=lambda r: r.image_id)
 
     def update(self, targets: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]],
                metas: Sequence[Mapping[str, Any]] | None = None) -> None:
@@ -229,7 +236,9 @@ class DetectionEvaluator:
             gt = self.ground_truth()
             predictions = self.predictions()
             coco_eval = run_coco_eval(gt, predictions)
-        return _result_from_cocoeval(coco_eval, self.class_names, predictions, gt, self._duplicates)
+        result = _result_from_cocoeval(coco_eval, self.class_names, predictions, gt, self._duplicates)
+        result.image_records = self.records()
+        return result
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """The end of a run: test evaluation with the best weights, and everything written about it.
 
 Writes into the run directory: predictions_<split>.json (COCO results), metrics.json, final_results.json
-(the original project's format and key names), model_info.json, plots/ (PR curve, sample panels, training
-curves, missing-modality robustness).
+(the original project's format and key names), bootstrap_<split>.json (the bootstrap of mAP over test
+images, see :mod:`crossattentiondet.engine.bootstrap`), model_info.json, plots/ (PR curve, sample panels,
+training curves, missing-modality robustness).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentCo
                    info: DistInfo, out_dir: Path, log: Any, *, tag: str = "") -> dict[str, Any]:
     """Evaluate ``model`` on ``split`` and write predictions, metrics, plots into ``out_dir``.
 
-    Returns a JSON-ready summary: metrics, per-class AP, robustness rows, speed. Only rank 0 writes.
+    Returns a JSON-ready summary: metrics, per-class AP, robustness rows, speed, and (``eval.bootstrap``
+    > 0, rank 0) "bootstrap": the 95% CI of mAP over test images, whose samples go to
+    bootstrap_<split><tag>.json. Only rank 0 writes.
     """
     from crossattentiondet.engine.evaluate import evaluate, robustness_table, save_predictions
 
@@ -55,11 +58,36 @@ def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentCo
         _panels(model, data, split, config, device, plots / f"panels_{split}{tag}.png")
     if ev.speed:
         summary["speed"] = speed_and_size(model, data, split, config, device)
-    log.info(f"{split}: mAP {result.metrics['mAP']:.4f}  mAP50 {result.metrics['mAP_50']:.4f}  "
+    boot = _bootstrap(result, ev.bootstrap, out_dir / f"bootstrap_{split}{tag}.json", split, log)
+    if boot is not None:
+        summary["bootstrap"] = boot
+    ci = f", 95% CI {boot['ci95'][0]:.4f}-{boot['ci95'][1]:.4f}" if boot and None not in boot["ci95"] else ""
+    log.info(f"{split}: mAP {result.metrics['mAP']:.4f}{ci}  mAP50 {result.metrics['mAP_50']:.4f}  "
              f"mAP75 {result.metrics['mAP_75']:.4f}  ({summary['images']} images)")
     for row in summary.get("robustness", [])[1:]:
         log.info(f"{split} with {row['zeroed']} zeroed: mAP {row['mAP']:.4f}")
     return summary
+
+
+def _bootstrap(result: Any, n_boot: int, path: Path, split: str, log: Any) -> dict[str, Any] | None:
+    """Bootstrap mAP over the evaluated images, write ``path``; the summary without samples, or None.
+
+    A failure here must not cost a finished run its final files: it is logged and the run goes on. A file
+    left by an earlier evaluation into the same directory is removed when no new one is written, so a
+    stale interval is never read as this one's.
+    """
+    from crossattentiondet.engine.bootstrap import bootstrap_map, save_bootstrap
+
+    if n_boot > 0:
+        try:
+            boot = bootstrap_map(result, n_boot)
+            save_bootstrap(path, boot, split=split)
+            data = boot.to_json()
+            return {k: data[k] for k in ("metric", "point", "ci95", "std", "n_boot", "n_images", "image_ids_hash")}
+        except Exception as error:  # noqa: BLE001 - optional statistic, see the docstring
+            log.info(f"warning: bootstrap of {split} mAP failed ({type(error).__name__}: {error}); no {path.name}")
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _panels(model: nn.Module, data: Any, split: str, config: ExperimentConfig, device: torch.device, path: Path) -> None:
@@ -142,7 +170,8 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
     final = {
         "experiment_id": config.name,
         "config": config_to_dict(config),
-        "results": {**{k: metrics.get(k) for k in ORIGINAL_RESULT_KEYS}, **metrics},
+        "results": {**{k: metrics.get(k) for k in ORIGINAL_RESULT_KEYS}, **metrics,
+                    "mAP_ci95": summary.get("bootstrap", {}).get("ci95")},
         "validation": best_val,
         "per_class": summary.get("per_class", {}),
         "robustness": summary.get("robustness", []),
