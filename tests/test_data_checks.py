@@ -15,6 +15,7 @@ from crossattentiondet.data import (
     prepare_data,
     resolve_modality_scales,
 )
+from crossattentiondet.data.splits import MIN_SPLIT_GROUPS
 from crossattentiondet.errors import DataError
 from tests.conftest import write_image
 
@@ -103,6 +104,11 @@ def test_every_problem_kind_is_reachable(broken_folders: Path, trees) -> None:
     bad_dtype = trees.npy("dtype", frames={"a": []})
     np.save(bad_dtype / "images" / "a.npy", np.zeros((32, 48, 5), np.int32))
     kinds |= {p.kind for p in check_dataset(bad_dtype).problems}
+    # the split problems: two clips cannot fill three splits (error); one block leaves val and test empty
+    clips = trees.folders("clips", frames={f"clip{c}_{f:03d}": [] for c in range(2) for f in range(3)})
+    kinds |= {p.kind for p in check_dataset(clips, check_split=True).problems}
+    kinds |= {p.kind for p in check_dataset(trees.folders("one", frames=trees.default_frames(3)),
+                                            check_split=True).problems}
     assert kinds == set(PROBLEM_KINDS)
 
 
@@ -178,3 +184,32 @@ def test_keep_empty_false_leaves_negatives_out(trees) -> None:
     dropped = prepare_data(ExperimentConfig(data=DataConfig(root=str(root), keep_empty=False)), log=logged.append)
     assert sorted(s for v in dropped.splits.values() for s in v) == ["a", "c"]
     assert any("leaving out 1 frames without boxes" in line for line in logged)
+
+
+def test_check_warns_about_splits_with_few_independent_groups(trees) -> None:
+    box = [(0, 0.5, 0.5, 0.5, 0.5)]
+    root = trees.folders(frames={f"clip{c}_{f:03d}": box for c in range(5) for f in range(4)})
+    assert not [p for p in check_dataset(root).problems if p.kind == "few_groups"]  # only when asked
+    report = check_dataset(root, check_split=True)
+    assert report.ok  # warnings: the data is fine, the numbers over such a split are not
+    few = {p.message.split(" split ")[0]: p for p in report.warnings if p.kind == "few_groups"}
+    assert set(few) == {"the val", "the test"}  # train holds 3 clips
+    assert ("the val split has only 1 independent group (sequences, 4 frames), fewer than "
+            f"{MIN_SPLIT_GROUPS}: its metrics and their confidence intervals") in str(few["the val"])
+    assert "the test split has only 1 independent group" in str(few["the test"])
+    assert report.split is not None and report.split.group_counts == {"train": 3, "val": 1, "test": 1}
+    assert any(n.startswith("split (ratios, sequences, seed 42): train 12 frames in 3 groups") for n in report.notes)
+    assert report.to_dict()["split"]["group_counts"] == {"train": 3, "val": 1, "test": 1}
+    many = trees.folders("many", frames={f"clip{c:02d}_{f:03d}": box for c in range(24) for f in range(2)})
+    assert not [p for p in check_dataset(many, check_split=True).problems if p.kind == "few_groups"]
+
+
+def test_check_reports_a_split_that_cannot_be_made(trees) -> None:
+    root = trees.folders(frames={f"clip{c}_{f:03d}": [] for c in range(2) for f in range(5)})
+    report = check_dataset(root, check_split=True)
+    (problem,) = report.fatal
+    assert problem.kind == "split" and "only 2 sequences" in str(problem) and str(root) in str(problem)
+    blocks = DataConfig(split={"group_by": "blocks:3", "gap": 1})
+    report = check_dataset(root, blocks, check_split=True)
+    assert report.ok and report.split is not None and sum(report.split.dropped_counts().values()) > 0
+    assert any("frames left out by the gap (data.split.gap=1)" in n for n in report.notes)

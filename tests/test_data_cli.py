@@ -35,7 +35,9 @@ def test_check_command(trees, capsys) -> None:
     root = trees.folders(frames=trees.default_frames(3))
     assert main(["data", "check", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "3 frames (folders layout, modalities rgb, thermal, 2 classes): 0 errors, 0 warnings" in out
+    # three frames are one block: the data is fine, the split is not (train 1 group, val and test empty)
+    assert "3 frames (folders layout, modalities rgb, thermal, 2 classes): 0 errors, 3 warnings" in out
+    assert "warning: " in out and "the val split is empty" in out and "the test split is empty" in out
     (root / "labels" / "frame001.txt").write_text("0 0.5 0.5\n")
     assert main(["data", "check", str(root)]) == 1
     out = capsys.readouterr().out
@@ -59,6 +61,23 @@ def test_check_command_layout_and_config(trees, tmp_path: Path, capsys) -> None:
     assert err.startswith("error: unknown layout 'nonsense'") and err.count("\n") == 1
     assert main(["data", "check", str(tmp_path / "absent")]) == 2
     assert "data root not found" in capsys.readouterr().err
+
+
+def test_check_command_warns_about_few_groups_and_takes_split_settings(trees, capsys) -> None:
+    box = [(0, 0.5, 0.5, 0.5, 0.5)]
+    root = trees.folders(frames={f"video{c}-{f:04d}": box for c in range(4) for f in range(3)})
+    assert main(["data", "check", str(root)]) == 0  # warnings only
+    out = capsys.readouterr().out
+    assert "warning: " in out and "the val split has only 1 independent group (sequences, 3 frames)" in out
+    assert "the test split has only 1 independent group" in out
+    assert main(["data", "check", str(root), "data.split.test=0", "data.split.val=0.3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"]["counts"]["test"] == 0 and report["split"]["grouping"] == "sequences"
+    few = [p for p in report["problems"] if p["kind"] == "few_groups"]
+    assert few and all("test split" not in p["message"] for p in few)
+    two = trees.folders("two", frames={f"video{c}-{f:04d}": box for c in range(2) for f in range(3)})
+    assert main(["data", "check", str(two)]) == 1  # two clips cannot fill three splits
+    assert "only 2 sequences" in capsys.readouterr().out
 
 
 def test_stats_numbers_on_a_known_case(constant_frames: Path) -> None:

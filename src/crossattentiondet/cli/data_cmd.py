@@ -10,6 +10,7 @@ from typing import Any
 from crossattentiondet.cli.common import add_config_args, config_from_args, print_json
 from crossattentiondet.config import ConfigError, SyntheticConfig
 from crossattentiondet.data.layouts import LAYOUTS
+from crossattentiondet.data.splits import MIN_SPLIT_GROUPS
 
 LAYOUT_HELP = f"data layout: auto (default: detect), {', '.join(LAYOUTS)}"
 
@@ -20,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     commands.required = True
 
-    check = commands.add_parser("check", help="list every problem of a data set (exit status 1 on errors)")
+    check = commands.add_parser("check", help="list every problem of a data set (exit status 1 on errors)",
+                                description="Read every frame and list every problem at once, then make the "
+                                "split training would use (data.split) and warn about splits with fewer than "
+                                f"{MIN_SPLIT_GROUPS} independent groups of frames.")
     check.add_argument("data", metavar="DATA", help="data set root")
     check.add_argument("--layout", help=LAYOUT_HELP)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -61,7 +65,7 @@ def run_check(args: argparse.Namespace) -> int:
     from crossattentiondet.data import check_dataset
 
     config = config_from_args(args)
-    report = check_dataset(args.data, config.data, layout=args.layout)
+    report = check_dataset(args.data, config.data, layout=args.layout, check_split=True)
     if args.json:
         print_json(report.to_dict())
     else:

@@ -2,7 +2,10 @@
 
 :func:`check_dataset` decodes every file (a truncated file is only found by decoding it), parses every
 label, and resolves per-modality scales; it never raises for bad files, it reports them
-(:class:`CheckReport`). Reading runs on a thread pool (OpenCV and numpy release the GIL).
+(:class:`CheckReport`). Reading runs on a thread pool (OpenCV and numpy release the GIL). With
+``check_split`` it also makes the configured split of the readable frames (as training would) and reports
+a split that cannot be made (error) or a split that is empty or holds fewer than
+:data:`~crossattentiondet.data.splits.MIN_SPLIT_GROUPS` independent groups (warning).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossattentiondet.config import DataConfig
+from crossattentiondet.config import DataConfig, SplitConfig
 from crossattentiondet.data.imageio import opencv_quiet
 from crossattentiondet.data.problems import FrameInfo, Problem
 from crossattentiondet.data.source import DataSource, open_source
+from crossattentiondet.data.splits import SplitPlan, make_splits, split_warnings
 from crossattentiondet.errors import DataError
 
 DTYPE_SCALE = {"uint8": 255.0, "uint16": 65535.0}
@@ -36,6 +40,7 @@ class CheckReport:
     infos: dict[str, FrameInfo] = field(default_factory=dict)
     scales: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    split: SplitPlan | None = None  # with check_split: the split training would use
 
     @property
     def errors(self) -> list[Problem]:
@@ -90,6 +95,10 @@ class CheckReport:
             "errors": len(self.errors), "warnings": len(self.warnings), "bad_frames": len(self.bad_stems),
             "negatives": self.negatives, "scales": self.scales, "notes": self.notes,
             "problems": [p.to_dict() for p in self.problems],
+            "split": None if self.split is None else {
+                "method": self.split.method, "grouping": self.split.grouping, "counts": self.split.counts(),
+                "group_counts": self.split.group_counts, "gap": self.split.gap,
+                "dropped": self.split.dropped_counts()},
         }
 
 
@@ -138,14 +147,41 @@ def scale_problems(source: DataSource, infos: dict[str, FrameInfo]) -> tuple[dic
     return scales, problems
 
 
+def split_problems(source: DataSource, usable: list[str], config: SplitConfig
+                   ) -> tuple[SplitPlan | None, list[Problem]]:
+    """Make the split of ``usable`` frames as training would; problems: the split error, or its warnings."""
+    suffixes = sorted({m.suffix for m in source.modalities if m.suffix}, key=len, reverse=True)
+    where = str(source.root)
+    try:
+        plan = make_splits(usable, config, partitions=source.partitions, known=set(source.stems),
+                           root=source.root, suffixes=suffixes)
+    except DataError as err:
+        return None, [Problem("split", where, str(err))]
+    problems = [Problem("few_groups", where, f"the {name} split is empty ({len(usable)} usable frames in "
+                        f"{plan.groups} groups)", severity="warning")
+                for name in plan.wanted if not plan.splits[name]]
+    problems += [Problem("few_groups", where, text, severity="warning") for text in split_warnings(plan)]
+    return plan, problems
+
+
+def _split_note(plan: SplitPlan, config: SplitConfig) -> str:
+    parts = ", ".join(f"{name} {len(stems)} frames in {plan.group_counts.get(name, 0)} groups"
+                      for name, stems in plan.splits.items())
+    dropped = sum(plan.dropped_counts().values())
+    gap = f"; {dropped} frames left out by the gap (data.split.gap={plan.gap})" if dropped else ""
+    return f"split ({plan.method}, {plan.grouping}, seed {config.seed}): {parts}{gap}"
+
+
 def check_dataset(source: DataSource | str | Path, data: DataConfig | None = None, *, layout: str | None = None,
-                  workers: int | None = None) -> CheckReport:
+                  workers: int | None = None, check_split: bool = False) -> CheckReport:
     """Check a data set (an opened :class:`DataSource` or its root folder) and report every problem.
 
     Finds unreadable/truncated files, wrong channel counts or pixel types, modalities of different sizes,
     missing partner files or labels, bad label lines, out-of-image and zero-area boxes, unnamed classes,
-    NaN/inf, duplicate stems and modalities mixing bit depths. DataError only if the data set cannot be
-    opened at all.
+    NaN/inf, duplicate stems and modalities mixing bit depths. ``check_split``: also the split of
+    ``data.split`` (default settings without ``data``) over the frames training would use: a split that
+    cannot be made, an empty split, a split with fewer than MIN_SPLIT_GROUPS independent groups. DataError
+    only if the data set cannot be opened at all.
     """
     if not isinstance(source, DataSource):
         source = open_source(source, data, layout)
@@ -157,9 +193,21 @@ def check_dataset(source: DataSource | str | Path, data: DataConfig | None = Non
         problems.extend(frame_problems)
     scales, depth_problems = scale_problems(source, infos)
     problems.extend(depth_problems)
-    return CheckReport(root=str(source.root), layout=source.layout, modalities=source.modality_names,
-                       class_names=list(source.class_names), frames=len(source.stems), problems=problems,
-                       infos=infos, scales=scales, notes=list(source.notes))
+    report = CheckReport(root=str(source.root), layout=source.layout, modalities=source.modality_names,
+                         class_names=list(source.class_names), frames=len(source.stems), problems=problems,
+                         infos=infos, scales=scales, notes=list(source.notes))
+    if check_split:
+        config = data if data is not None else DataConfig()
+        bad = report.bad_stems  # what data.on_error=skip leaves out (with "fail" training would not start)
+        usable = [s for s in source.stems
+                  if s not in bad and (config.keep_empty or (s in infos and infos[s].boxes > 0))]
+        report.split, found = split_problems(source, usable, config.split)
+        report.problems.extend(found)
+        if report.split is not None:
+            report.notes.append(_split_note(report.split, config.split))
+            warned = {p.message for p in found}
+            report.notes += [f"split: {n}" for n in report.split.notes if n not in warned]
+    return report
 
 
 def resolve_modality_scales(source: DataSource, infos: dict[str, FrameInfo] | None = None) -> dict[str, float]:

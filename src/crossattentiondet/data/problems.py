@@ -22,6 +22,8 @@ PROBLEM_KINDS: dict[str, str] = {
     "mixed_depth": "a modality mixes 8-bit and 16-bit files without an explicit scale",
     "orphan_label": "label without an image (warning)",
     "label_size": "size written in the label file differs from the image (warning)",
+    "split": "the configured split (data.split) cannot be made",
+    "few_groups": "a split is empty or holds fewer than MIN_SPLIT_GROUPS independent groups of frames (warning)",
 }
 
 Severity = Literal["error", "warning"]

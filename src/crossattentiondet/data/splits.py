@@ -1,4 +1,4 @@
-"""Train / val / test splits that keep neighbouring video frames together.
+"""Train / val / test splits that keep neighbouring video frames apart.
 
 Sources, in order of precedence:
 
@@ -11,15 +11,37 @@ Sources, in order of precedence:
 
 Groups (``data.split.group_by``) never straddle a split:
 
-* ``auto``: stems ending in a number are grouped per prefix (the text before the number). With at least
-  ``SEQUENCE_PREFIXES`` (10) distinct prefixes the prefix names a sequence (``seq003_000017``) and each
-  sequence is one group; otherwise each prefix's frames, in number order, form blocks of ``AUTO_BLOCK``
-  (10) consecutive frames (``FLIR_00012``, LLVIP's ``010001``). Stems without a number stay alone.
+* ``auto``: stems ending in a number are grouped per prefix (the text before the number). With two or more
+  distinct prefixes the prefix names a sequence (``seq003_000017``, ``video3-0001``, ``seqA_000123``) and
+  each sequence is one group, however few there are. With a single prefix (``FLIR_00012``, LLVIP's
+  ``010001``, M3FD's ``00017``: a data set's name or one long clip) the frames, in number order, form
+  blocks of ``AUTO_BLOCK`` (10) consecutive frames. Stems without a number stay alone.
 * ``none``: every frame alone. ``blocks:N``: N consecutive frames in natural sort order.
 * ``regex:<pattern>``: frames with the same first capture group (or whole match) form a group; frames the
   pattern does not match stay alone.
 
-Same stems + same settings -> same split (numpy's seeded generator, groups in sorted order).
+Too few sequences: whole sequences go to the splits as the ratios allow (the achieved shares are noted when
+they miss the asked ones by more than ``RATIO_TOLERANCE``); when there are fewer sequences (plus lone frames)
+than splits asking for frames, some split could only be filled by cutting a sequence, so :func:`make_splits`
+raises a DataError naming the sequences and the ways out (``group_by=blocks:N`` to split inside sequences
+on purpose, a ratio of 0, split files, more data) instead of leaking frames of one clip across splits.
+
+Gap between blocks (``data.split.gap``, default 3 frames): blocks cut a run of consecutive frames, so the
+frames of two adjacent blocks that went to different splits are near-duplicates. Frames within ``gap``
+frames (positions in the run: a prefix's frames in number order for ``auto``, all frames in natural order
+for ``blocks:N``) of a frame of another split are left out of the lower split of the two (train < val <
+test: training loses frames next to val and test, val loses frames next to test). Left-out frames are
+counted in :class:`SplitPlan` (``dropped``), in ``split.json`` and in the log. Whole sequences, regex
+groups and ``none`` have no neighbours across groups, so no gap applies to them. With 70/15/15 ratios about
+one block border in two separates splits, so a gap of 3 costs roughly 15 % of block-split frames.
+
+Every split should hold at least ``MIN_SPLIT_GROUPS`` (3) groups: with fewer, metrics (and confidence
+intervals) over it describe a clip or two; :func:`split_warnings` says so (in the log and in
+``cadet data check``).
+
+Same stems + same settings -> same split (numpy's seeded generator, groups in sorted order). Which groups
+go where is unchanged from split.json version 1 wherever the grouping is (many sequences, blocks, none,
+regex); blocks only lose their gap frames.
 """
 
 from __future__ import annotations
@@ -27,7 +49,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -38,8 +60,16 @@ from crossattentiondet.io import atomic_write_json, read_json
 
 SPLITS = ("train", "val", "test")
 AUTO_BLOCK = 10
-SEQUENCE_PREFIXES = 10
+MIN_SPLIT_GROUPS = 3  # fewer independent groups in a split: its metrics describe a clip or two
+RATIO_TOLERANCE = 0.05  # achieved shares further than this from the asked ratios are noted
+SPLIT_JSON_VERSION = 2  # 2: grouping, group_counts, gap and dropped frames
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
+_RANK = {name: i for i, name in enumerate(SPLITS)}  # at a gap the lower split gives up its frames
+# SplitConfig keys newer than split.json version 1: left out of the stored settings while at their default,
+# so a run started before they existed still finds (and resumes with) the split it was started with.
+_LATER_KEYS = ("gap",)
+
+GroupKind = Literal["sequences", "blocks", "frames", "regex"]
 
 
 def natural_key(stem: str) -> tuple[Any, ...]:
@@ -47,16 +77,30 @@ def natural_key(stem: str) -> tuple[Any, ...]:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", stem))
 
 
-def group_stems(stems: list[str], group_by: str) -> dict[str, list[str]]:
-    """Group key -> stems of the group (see the module docstring for the rules)."""
+@dataclass
+class Grouping:
+    """Groups of frames, what they are, and (for blocks) the runs of consecutive frames they were cut from."""
+
+    groups: dict[str, list[str]]
+    kind: GroupKind
+    runs: list[list[str]] = field(default_factory=list)  # blocks only: neighbouring frames next to each other
+
+    def describe(self) -> str:
+        return {"sequences": "sequences", "blocks": "blocks of consecutive frames", "frames": "single frames",
+                "regex": "regex groups"}[self.kind]
+
+
+def group_frames(stems: list[str], group_by: str) -> Grouping:
+    """Group the frames (see the module docstring for the rules) and say what the groups are."""
     ordered = sorted(stems, key=natural_key)
     if group_by == "none":
-        return {s: [s] for s in ordered}
+        return Grouping({s: [s] for s in ordered}, "frames")
     if group_by.startswith("blocks:"):
         size = int(group_by.split(":", 1)[1])
         if size < 1:
             raise DataError(f"data.split.group_by: block size must be >= 1, got {group_by!r}")
-        return {f"block{i // size}": ordered[i:i + size] for i in range(0, len(ordered), size)}
+        blocks = {f"block{i // size}": ordered[i:i + size] for i in range(0, len(ordered), size)}
+        return Grouping(blocks, "blocks", [ordered] if ordered else [])
     if group_by.startswith("regex:"):
         pattern = re.compile(group_by[len("regex:"):])
         groups: dict[str, list[str]] = {}
@@ -64,7 +108,7 @@ def group_stems(stems: list[str], group_by: str) -> dict[str, list[str]]:
             match = pattern.search(stem)
             key = "=" + stem if match is None else "re:" + (match.group(1) if pattern.groups else match.group(0))
             groups.setdefault(key, []).append(stem)
-        return groups
+        return Grouping(groups, "regex")
     if group_by != "auto":
         raise DataError(f"data.split.group_by must be auto, none, blocks:<N> or regex:<pattern>, got {group_by!r}")
     by_prefix: dict[str, list[tuple[int, str]]] = {}
@@ -75,29 +119,47 @@ def group_stems(stems: list[str], group_by: str) -> dict[str, list[str]]:
             groups["=" + stem] = [stem]
         else:
             by_prefix.setdefault(match.group(1), []).append((int(match.group(2)), stem))
-    whole_sequences = len(by_prefix) >= SEQUENCE_PREFIXES
+    if len(by_prefix) >= 2:  # several prefixes: each names a sequence (a single one is the data set's name)
+        for prefix, numbered in by_prefix.items():
+            groups[f"seq:{prefix}"] = [s for _, s in sorted(numbered)]
+        return Grouping(groups, "sequences")
+    runs = []
     for prefix, numbered in by_prefix.items():
-        numbered.sort()
-        names = [s for _, s in numbered]
-        if whole_sequences:
-            groups[f"seq:{prefix}"] = names
-        else:
-            for i in range(0, len(names), AUTO_BLOCK):
-                groups[f"blk:{prefix}#{i // AUTO_BLOCK}"] = names[i:i + AUTO_BLOCK]
-    return groups
+        names = [s for _, s in sorted(numbered)]
+        runs.append(names)
+        for i in range(0, len(names), AUTO_BLOCK):
+            groups[f"blk:{prefix}#{i // AUTO_BLOCK}"] = names[i:i + AUTO_BLOCK]
+    return Grouping(groups, "blocks" if runs else "frames", runs)
+
+
+def group_stems(stems: list[str], group_by: str) -> dict[str, list[str]]:
+    """Group key -> stems of the group (see the module docstring for the rules)."""
+    return group_frames(stems, group_by).groups
 
 
 @dataclass
 class SplitPlan:
-    """The split: stems per split, how it was made, and notes worth logging."""
+    """The split: stems per split, how it was made, and notes worth logging.
+
+    ``groups``: groups the ratio-split frames formed; ``group_counts``: independent groups per split;
+    ``wanted``: the splits that should hold frames; ``dropped``: frames per split left out by the gap.
+    """
 
     splits: dict[str, list[str]]
     method: str  # "files", "partition" or "ratios"
     groups: int = 0
     notes: list[str] = field(default_factory=list)
+    grouping: str = "frames"  # what the groups are: sequences, blocks, frames or regex
+    group_counts: dict[str, int] = field(default_factory=dict)
+    wanted: list[str] = field(default_factory=list)
+    gap: int = 0
+    dropped: dict[str, list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return {name: len(stems) for name, stems in self.splits.items()}
+
+    def dropped_counts(self) -> dict[str, int]:
+        return {name: len(self.dropped.get(name, [])) for name in self.splits}
 
 
 def _assign_groups(groups: dict[str, list[str]], ratios: dict[str, float], seed: int) -> dict[str, list[str]]:
@@ -134,6 +196,65 @@ def _assign_groups(groups: dict[str, list[str]], ratios: dict[str, float], seed:
     return {name: sorted(s for key in assigned[name] for s in groups[key]) for name in names}
 
 
+def gap_frames(runs: list[list[str]], owner: dict[str, str], gap: int) -> set[str]:
+    """Frames within ``gap`` positions of a frame of a higher split (train < val < test) in the same run.
+
+    ``owner`` maps stem -> split; frames of a run that no split owns are skipped (not neighbours of anyone).
+    """
+    left_out: set[str] = set()
+    if gap <= 0:
+        return left_out
+    for run in runs:
+        ranks = [_RANK[owner[s]] for s in run if s in owner]
+        members = [s for s in run if s in owner]
+        for i, stem in enumerate(members):
+            window = ranks[max(0, i - gap):i + gap + 1]
+            if max(window) > ranks[i]:
+                left_out.add(stem)
+    return left_out
+
+
+def _shares(text: str, counts: dict[str, int], ratios: dict[str, float]) -> str | None:
+    """A note when the achieved shares miss the asked ratios by more than RATIO_TOLERANCE, else None."""
+    frames, asked = sum(counts.values()), sum(ratios.values())
+    if frames == 0 or asked <= 0:
+        return None
+    got = {n: counts[n] / frames for n in ratios}
+    if all(abs(got[n] - ratios[n] / asked) <= RATIO_TOLERANCE for n in ratios):
+        return None
+    parts = ", ".join(f"{n} {counts[n]} frames = {got[n]:.0%} (asked {ratios[n] / asked:.0%})" for n in ratios)
+    return f"{text} give {parts}"
+
+
+def _too_few_sequences(grouping: Grouping, wanted: list[str], frames: int) -> DataError:
+    sequences = sorted(k[len("seq:"):] for k in grouping.groups if k.startswith("seq:"))
+    alone = len(grouping.groups) - len(sequences)
+    shown = ", ".join(f"{p!r}" for p in sequences[:5]) + (" ..." if len(sequences) > 5 else "")
+    return DataError(
+        f"data.split: the {frames} frames form only {len(sequences)} sequences ({shown})"
+        + (f" and {alone} lone frames" if alone else "")
+        + f", fewer than the {len(wanted)} splits that ask for frames ({', '.join(wanted)}); filling them would cut "
+        "a sequence and put neighbouring frames of one clip on both sides. Set data.split.group_by=blocks:<N> "
+        "to split inside sequences on purpose (data.split.gap frames are left out at each border), give a "
+        f"split a ratio of 0 (e.g. data.split.test=0), list the frames in split files, or add sequences")
+
+
+def split_warnings(plan: SplitPlan) -> list[str]:
+    """Why a split's numbers will mean little: fewer than MIN_SPLIT_GROUPS independent groups (an empty split
+    is noted by :func:`make_splits` itself)."""
+    out: list[str] = []
+    for name in plan.wanted:
+        count, frames = plan.group_counts.get(name, 0), len(plan.splits.get(name, []))
+        if frames == 0:
+            continue  # make_splits notes empty splits itself
+        if count < MIN_SPLIT_GROUPS:
+            use = ("the model learns from few independent scenes" if name == "train" else
+                   "its metrics and their confidence intervals say little beyond those few groups")
+            out.append(f"the {name} split has only {count} independent group{'' if count == 1 else 's'} "
+                       f"({plan.grouping}, {frames} frames), fewer than {MIN_SPLIT_GROUPS}: {use}")
+    return out
+
+
 def make_splits(stems: list[str], config: SplitConfig, *, partitions: dict[str, str] | None = None,
                 known: set[str] | None = None, root: Path | None = None,
                 suffixes: list[str] | None = None) -> SplitPlan:
@@ -142,6 +263,7 @@ def make_splits(stems: list[str], config: SplitConfig, *, partitions: dict[str, 
     ``partitions`` is the data set's own split (stem -> split); ``known`` every frame of the data set (a
     split file naming a frame outside it is a DataError, one naming an excluded frame only a note);
     ``root`` resolves relative split-file paths; ``suffixes`` are modality file-name suffixes to strip.
+    DataError also when whole sequences cannot fill the splits (see the module docstring).
     """
     usable = set(stems)
     known = set(known) if known is not None else usable
@@ -182,31 +304,68 @@ def make_splits(stems: list[str], config: SplitConfig, *, partitions: dict[str, 
     taken = {s for members in fixed.values() for s in members}
     pool = [s for s in stems if s not in taken]
     remaining = {name: float(getattr(config, name)) for name in SPLITS if name not in fixed}
-    groups = group_stems(pool, config.group_by) if pool else {}
+    grouping = group_frames(pool, config.group_by) if pool else Grouping({}, "frames")
+    groups = grouping.groups
+    asking = [name for name, ratio in remaining.items() if ratio > 0]
+    dropped: dict[str, list[str]] = {}
     if remaining and sum(remaining.values()) > 0:
+        if grouping.kind == "sequences" and len(groups) < len(asking):
+            raise _too_few_sequences(grouping, asking, len(pool))
         shared = _assign_groups(groups, remaining, config.seed)
+        # how far whole groups are from the ratios (before the gap, which the next note counts on its own)
+        shares = _shares(f"whole {grouping.describe()}", {n: len(shared[n]) for n in remaining},
+                         {n: remaining[n] for n in asking})
+        owner_of = {s: name for name, members in shared.items() for s in members}
+        left_out = gap_frames(grouping.runs, owner_of, config.gap)
+        if left_out:
+            dropped = {name: [s for s in members if s in left_out] for name, members in shared.items()
+                       if any(s in left_out for s in members)}
+            shared = {name: [s for s in members if s not in left_out] for name, members in shared.items()}
+            notes.append(f"left out {len(left_out)} of {len(pool)} frames next to a block of another split "
+                         f"(data.split.gap={config.gap}): " +
+                         ", ".join(f"{name} {len(members)}" for name, members in dropped.items()))
+        if shares and len(asking) > 1:
+            notes.append(shares)
     else:
         shared = {name: [] for name in remaining}
         if pool:
             notes.append(f"{len(pool)} frames are in no split and are not used")
     splits = {name: fixed.get(name, shared.get(name, [])) for name in SPLITS}
-    for name in SPLITS:
-        wanted = name in fixed or remaining.get(name, 0) > 0
-        if wanted and not splits[name]:
+    wanted = [name for name in SPLITS if name in fixed or remaining.get(name, 0) > 0]
+    for name in wanted:
+        if not splits[name]:
             notes.append(f"the {name} split is empty ({len(stems)} usable frames in {len(groups)} groups)")
-    return SplitPlan(splits, method, len(groups), notes)
+    key_of = {s: key for key, members in groups.items() for s in members}
+    group_counts = {}
+    for name in SPLITS:
+        if name in fixed:  # listed or partitioned frames: their own grouping tells how independent they are
+            group_counts[name] = len(group_frames(fixed[name], config.group_by).groups) if fixed[name] else 0
+        else:
+            group_counts[name] = len({key_of[s] for s in splits[name]})
+    plan = SplitPlan(splits, method, len(groups), notes, grouping=grouping.kind, group_counts=group_counts,
+                     wanted=wanted, gap=config.gap if grouping.runs else 0, dropped=dropped)
+    plan.notes.extend(split_warnings(plan))
+    return plan
 
 
 def split_settings(config: SplitConfig) -> dict[str, Any]:
     """The settings that determine a split (stored in split.json to tell whether it can be reused)."""
-    return config.model_dump(mode="json")
+    settings = config.model_dump(mode="json")
+    for key in _LATER_KEYS:
+        if settings.get(key) == SplitConfig.model_fields[key].default:
+            del settings[key]
+    return settings
 
 
 def write_split_json(path: Path, plan: SplitPlan, config: SplitConfig, *, root: Path, layout: str) -> None:
-    """Write ``split.json``: stems per split, counts, method and the settings that made it."""
+    """Write ``split.json``: stems per split, counts, method, groups, gap and the settings that made it."""
     atomic_write_json(path, {
-        "version": 1, "root": str(root), "layout": layout, "method": plan.method, "groups": plan.groups,
-        "settings": split_settings(config), "counts": plan.counts(), "splits": plan.splits,
+        "version": SPLIT_JSON_VERSION, "root": str(root), "layout": layout, "method": plan.method,
+        "groups": plan.groups, "grouping": plan.grouping, "group_counts": plan.group_counts,
+        "settings": split_settings(config), "counts": plan.counts(),
+        "gap": {"frames": plan.gap, "dropped": plan.dropped_counts(),
+                "stems": {name: stems for name, stems in plan.dropped.items()}},
+        "splits": plan.splits,
     })
 
 
