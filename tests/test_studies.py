@@ -561,3 +561,230 @@ def test_status_and_report_commands_read_a_study_directory(tmp_path: Path, capsy
     assert "| exp_002/seed0 | failed |" in (out / "REPORT.md").read_text()
     # the directory remembers the overrides it was run with
     assert build_plan(*load_recorded_study(out)).base_config.train.epochs == 2
+
+
+# ------------------------------------------------------------------ test-set sampling, Holm, zero variance, quick
+LRS = [0.01, 0.02, 0.03, 0.04]
+
+
+def small_study(tmp_path: Path, per_config: dict[str, list[float]], name: str = "b", **spec: Any):
+    """A study whose configurations are ``baseline``, ``exp_001``, ... with the given test mAP per seed (all runs
+    finished); returns its plan."""
+    seeds = len(per_config["baseline"])
+    others = [c for c in per_config if c != "baseline"]
+    raw = {"name": name, "seeds": seeds, "phases": [{"name": "p", "axes": {"train.lr": LRS[:len(others)]}}], **spec}
+    plan = build_plan(spec_from_dict(raw), StudySettings(output=tmp_path / name))
+    for run in plan.runs():
+        value = per_config[run.config_id][plan.seeds.index(run.seed)]
+        fake_finished(run.run_dir, value, value)
+    return plan
+
+
+def shared_noise(image_ids_hash: str, n_boot: int = 200, scale: float = 0.02) -> list[float]:
+    """The test-set part of replicate b: the same for every run scored on one test set (same resamples)."""
+    import random
+
+    rng = random.Random(image_ids_hash)
+    return [rng.gauss(0.0, scale) for _ in range(n_boot)]
+
+
+def fake_bootstrap(run_dir: Path, point: float, image_ids_hash: str = "testset-a", *, own: float = 0.002,
+                   n_boot: int = 200, scale: float = 0.02) -> list[float]:
+    """bootstrap_test.json as the evaluator leaves it: replicate b = point + the test set's noise b + a little
+    of the run's own (how the model's errors fall on the resampled images)."""
+    import random
+
+    rng = random.Random(f"{run_dir}")
+    samples = [point + s + rng.gauss(0.0, own) for s in shared_noise(image_ids_hash, n_boot, scale)]
+    std = float(statistics_stdev(samples))
+    (run_dir / "bootstrap_test.json").write_text(json.dumps({
+        "metric": "mAP", "point": point, "ci95": [min(samples), max(samples)], "std": std, "n_boot": n_boot,
+        "n_images": 40, "image_ids_hash": image_ids_hash, "samples": samples}))
+    return samples
+
+
+def statistics_stdev(values: list[float]) -> float:
+    import statistics
+
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def config_rows(plan: Any) -> dict[str, dict[str, str]]:
+    return {r["exp_id"]: r for r in csv.DictReader((plan.study_dir / "summary.csv").open()) if r["row"] == "config"}
+
+
+def test_ci_covers_test_sampling_when_runs_have_bootstraps(tmp_path: Path) -> None:
+    import statistics
+
+    values = {"baseline": [0.50, 0.52, 0.51], "exp_001": [0.55, 0.56, 0.54]}
+    without = small_study(tmp_path, values, name="old")
+    old = aggregate.collect(without)
+    seed_only = aggregate.describe(values["exp_001"])
+    c = old.config("exp_001")
+    assert c.test_sampling is None and "no bootstrap_test.json in 3 of 3 runs" in c.test_sampling_note
+    assert (c.stats["mAP"].ci_low, c.stats["mAP"].ci_high) == (seed_only.ci_low, seed_only.ci_high)  # unchanged
+    assert c.vs_baseline["mAP"].p_value == aggregate.welch(values["exp_001"], values["baseline"]).p_value
+
+    plan = small_study(tmp_path, values, name="new")
+    samples = {run.key: fake_bootstrap(run.run_dir, values[run.config_id][run.seed]) for run in plan.runs()}
+    results = aggregate.collect(plan)
+    c = results.config("exp_001")
+    combined, seed = c.stats["mAP"], c.mAP_seed
+    assert (seed.ci_low, seed.ci_high) == pytest.approx((seed_only.ci_low, seed_only.ci_high))
+    assert combined.mean == pytest.approx(0.55) and combined.ci_high - combined.ci_low > seed.ci_high - seed.ci_low
+    # Var = s^2 / n + var_b(rep_b), rep_b the mean over the configuration's runs of their replicate b
+    reps = [statistics.fmean(samples[f"exp_001/seed{k}"][b] for k in range(3)) for b in range(200)]
+    assert c.test_sampling.std == pytest.approx(statistics.stdev(reps))
+    total = 0.01 ** 2 / 3 + statistics.variance(reps)
+    df = total ** 2 / ((0.01 ** 2 / 3) ** 2 / 2)
+    from scipy import stats as st
+
+    assert combined.ci_high - 0.55 == pytest.approx(st.t.ppf(0.975, df) * math.sqrt(total))
+    aggregate.write_summaries(plan, results)
+    rows = config_rows(plan)
+    assert rows["exp_001"]["mAP_test_sampling"] == "yes" and float(rows["exp_001"]["mAP_boot_std"]) > 0.005
+    assert float(rows["exp_001"]["mAP_ci95_low"]) < float(rows["exp_001"]["mAP_seed_ci95_low"])
+    text = write_report(without).read_text()
+    assert "Without the test-sampling term" in text and "`exp_001` (no bootstrap_test.json in 3 of 3 runs)" in text
+    assert "†" in text
+    assert "Without the test-sampling term" not in write_report(plan).read_text()
+
+
+def test_difference_uses_the_same_resamples_on_the_same_test_set(tmp_path: Path) -> None:
+    import statistics
+
+    values = {"baseline": [0.50, 0.52, 0.51], "exp_001": [0.55, 0.56, 0.54]}
+    plan = small_study(tmp_path, values, name="paired")
+    samples = {run.key: fake_bootstrap(run.run_dir, values[run.config_id][run.seed]) for run in plan.runs()}
+    comp = aggregate.collect(plan).config("exp_001").vs_baseline["mAP"]
+    rep = {cid: [statistics.fmean(samples[f"{cid}/seed{k}"][b] for k in range(3)) for b in range(200)]
+           for cid in values}
+    paired_var = statistics.variance([x - y for x, y in zip(rep["exp_001"], rep["baseline"])])
+    assert comp.paired is True and comp.test_sampling
+    assert comp.boot_std == pytest.approx(math.sqrt(paired_var))
+    # the shared test-set difficulty cancels: far smaller than treating the two sides as independent
+    assert comp.boot_std < 0.3 * math.sqrt(statistics.variance(rep["exp_001"]) + statistics.variance(rep["baseline"]))
+    seed_only = aggregate.welch(values["exp_001"], values["baseline"])
+    # a noise term added never makes the difference look more certain than seed noise alone
+    assert comp.ci_high - comp.ci_low >= seed_only.ci_high - seed_only.ci_low
+    assert comp.seed_p_value == pytest.approx(seed_only.p_value) and comp.p_value >= seed_only.p_value
+    paired_width = comp.ci_high - comp.ci_low
+
+    # another test set for the configuration (different split): independent, the variances add
+    other = small_study(tmp_path, values, name="unpaired")
+    for run in other.runs():
+        fake_bootstrap(run.run_dir, values[run.config_id][run.seed],
+                       "testset-a" if run.config_id == "baseline" else "testset-b")
+    results = aggregate.collect(other)
+    comp = results.config("exp_001").vs_baseline["mAP"]
+    assert comp.paired is False
+    assert comp.boot_std ** 2 == pytest.approx(results.config("exp_001").test_sampling.var
+                                               + results.baseline.test_sampling.var)
+    assert comp.ci_high - comp.ci_low > 1.2 * paired_width  # the shared test-set noise no longer cancels
+    assert comp.p_value > seed_only.p_value
+    aggregate.write_summaries(other, results)
+    assert config_rows(other)["exp_001"]["mAP_diff_paired"] == "no"
+
+
+def test_verdict_uses_holm_and_says_how_many_comparisons(tmp_path: Path) -> None:
+    # each configuration alone: p = 0.021 (t = 3.67 on 4 df); Holm over 3 comparisons: 0.064
+    values = {"baseline": [0.10, 0.20, 0.30], "exp_001": [0.40, 0.50, 0.60], "exp_002": [0.40, 0.50, 0.60],
+              "exp_003": [0.40, 0.50, 0.60]}
+    plan = small_study(tmp_path, values, name="holm")
+    results = aggregate.collect(plan)
+    assert results.holm_comparisons == 3
+    c = results.config("exp_001")
+    assert c.vs_baseline["mAP"].p_value == pytest.approx(0.02131, abs=1e-4)
+    assert c.mAP_p_holm == pytest.approx(3 * 0.02131, abs=3e-4)
+    text = write_report(plan, results).read_text()
+    assert "yes: better than the baseline" not in text
+    assert "no: within seed noise after Holm correction (uncorrected p < 0.05)" in text
+    assert "p (Holm, 3 comparisons)" in text and "Holm over the 3 comparisons" in text
+    row = config_rows(plan)["exp_001"]
+    assert row["mAP_holm_comparisons"] == "3" and row["mAP_verdict"].startswith("no: within seed noise after Holm")
+    assert float(row["mAP_p_holm"]) == pytest.approx(0.0639, abs=1e-3)
+
+
+def test_constant_runs_cannot_be_tested(tmp_path: Path) -> None:
+    comp = aggregate.welch([0.6, 0.6, 0.6], [0.5, 0.5, 0.5])
+    assert comp.no_variance and math.isnan(comp.p_value) and not comp.distinguishable  # never "p = 0"
+    assert aggregate.holm([math.nan, 0.01]) == pytest.approx([math.nan, 0.01], nan_ok=True)
+    values = {"baseline": [0.5, 0.5, 0.5], "exp_001": [0.5, 0.5, 0.5], "exp_002": [0.6, 0.6, 0.6],
+              "exp_003": [0.5004, 0.5004, 0.5004]}
+    plan = small_study(tmp_path, values, name="const")
+    for run in plan.runs():  # bootstraps without spread (every resample scores the same) change nothing
+        value = values[run.config_id][run.seed]
+        fake_bootstrap(run.run_dir, value, own=0.0, scale=0.0)
+    results = aggregate.collect(plan)
+    verdicts = {c.configuration.id: aggregate.mAP_verdict(c, results) for c in results.configs}
+    assert verdicts == {"baseline": "(baseline)", "exp_001": "no variance: cannot test",
+                        "exp_002": "no variance: differs by more than the resolution, untested",
+                        "exp_003": "no variance: cannot test"}
+    assert results.holm_comparisons == 0 and all(math.isnan(c.mAP_p_holm) for c in results.configs)
+    text = write_report(plan, results).read_text()
+    assert "no variance: cannot test" in text and "0.001 mAP (the resolution)" in text
+    assert "yes:" not in text and "| 0.000 |" not in text  # no p = 0
+
+
+def test_split_seeds_repeat_every_run_and_old_ids_stay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = {"name": "sp", "seeds": 2, "split_seeds": [0, 1],
+           "phases": [{"name": "a", "axes": {"train.lr": [0.01, 0.02]}},
+                      {"name": "b", "select": {"top_k": 1}, "axes": {"train.epochs": [3]}}]}
+    spec = spec_from_dict(raw)
+    study = tmp_path / "sp"
+    plan = build_plan(spec, StudySettings(output=study))
+    assert plan.split_seeds == [0, 1] and len(plan.runs()) == 4 * 4
+    first = [r for r in plan.runs() if r.config_id == "baseline"]
+    assert [r.key for r in first] == ["baseline/split0_seed0", "baseline/split0_seed1", "baseline/split1_seed0",
+                                      "baseline/split1_seed1"]
+    assert first[2].run_dir == study / "baseline" / "split1_seed0"
+    tree = plan.run_config(first[2])
+    assert (tree["name"], tree["seed"], tree["data"]["split"]["seed"]) == ("split1_seed0", 0, 1)
+    # the selection waits for, and averages over, every (split seed, seed) run
+    for run in plan.runs():
+        if not run.pending:
+            val = {"baseline": 0.3, "exp_001": 0.2, "exp_002": 0.5}[run.config_id] + 0.01 * (run.split_seed or 0)
+            fake_finished(run.run_dir, val, val)
+            fake_bootstrap(run.run_dir, val, f"split{run.split_seed}")
+    plan = build_plan(spec, StudySettings(output=study), record_selection=True)
+    assert plan.selections[2].selected == ["exp_002"] and plan.selections[2].ranking[0]["n"] == 4
+    results = aggregate.collect(plan)
+    assert results.config("exp_002").n == 4 and results.config("exp_002").test_sampling.hashes == {"split0", "split1"}
+    assert results.config("exp_002").vs_baseline["mAP"].paired is True  # the same two test sets on both sides
+    write_report(plan, results)
+    run_rows = [r for r in csv.DictReader((study / "summary.csv").open()) if r["row"] == "run"]
+    assert {(r["split_seed"], r["seed"]) for r in run_rows} == {("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")}
+    record_study(plan)
+    assert cli("plan", str(study), "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["split_seed"] == 0 and rows[0]["run"] == "baseline/split0_seed0"
+
+    # without split_seeds: seed<k> folders, the config's own split seed
+    old = build_plan(spec_from_dict({**raw, "split_seeds": None}), StudySettings(output=tmp_path / "old"))
+    assert old.split_seeds is None and [r.key for r in old.runs()[:2]] == ["baseline/seed0", "baseline/seed1"]
+    assert old.runs()[0].run_dir == tmp_path / "old" / "baseline" / "seed0"
+    assert old.run_config(old.runs()[0])["data"]["split"]["seed"] == 42 and old.runs()[0].split_seed is None
+    with pytest.raises(ConfigError, match="sets data.split.seed, which split_seeds sets"):
+        build_plan(spec_from_dict({**raw, "phases": [{"name": "a", "axes": {"data.split.seed": [1, 2]}}]}),
+                   StudySettings(output=tmp_path / "bad"))
+
+
+def test_quick_study_report_says_it_is_a_smoke_test(tmp_path: Path) -> None:
+    spec = spec_from_dict({"name": "q", "seeds": 2, "phases": [{"name": "a", "axes": {"train.lr": [0.01]}}]})
+    out = tmp_path / "q"
+    plan = build_plan(spec, StudySettings(quick=True, output=out))
+    record_study(plan)  # what `cadet study run --quick` records in the study directory
+    for run in plan.runs():
+        fake_finished(run.run_dir, 0.3 + 0.01 * run.seed, 0.3 + 0.01 * run.seed)
+    # rebuilt without --quick (as a later `cadet study report` or a Python caller might): still a smoke test
+    text = write_report(build_plan(spec, StudySettings(output=out))).read_text()
+    header = text.splitlines()[0]
+    assert "QUICK SMOKE TEST: tiny models on synthetic data; numbers are not results" in header
+    assert "| test mAP (quick) | 95% CI (quick) |" in text and "## Accuracy vs cost (quick)" in text
+    assert cli("report", str(out)) == 0
+    assert "QUICK SMOKE TEST" in (out / "REPORT.md").read_text().splitlines()[0]
+    normal = build_plan(spec, StudySettings(output=tmp_path / "n"))
+    for run in normal.runs():
+        fake_finished(run.run_dir, 0.3, 0.3 + 0.01 * run.seed)
+    text = write_report(normal).read_text()
+    assert "QUICK" not in text and "(quick)" not in text

@@ -83,6 +83,8 @@ def test_tiny_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert configs["exp_001_s3"]["n"] == "2" and configs["exp_001_s3"]["mAP_distinguishable_from_noise"] in ("yes", "no")
     assert float(configs["exp_001_s3"]["params_M"]) != float(configs["baseline"]["params_M"])
     assert "(baseline)" in (out / "REPORT.md").read_text()
+    # a --quick study says on its first line that it is a smoke test, not results
+    assert "QUICK SMOKE TEST" in (out / "REPORT.md").read_text().splitlines()[0]
     run_rows = [r for r in rows if r["row"] == "run"]
     assert all(r["backbone"] and r["epochs"] == "1" and r["best_epoch"] == "1" for r in run_rows)  # original columns
 

@@ -11,6 +11,7 @@ from typing import Any
 from crossattentiondet.cli.common import print_json
 from crossattentiondet.config import ConfigError
 
+QUICK_NOTE = " (QUICK SMOKE TEST: tiny models on synthetic data; numbers are not results)"
 SPEC_HELP = ("a built-in study (cssa, gaff, backbones, modalities, fusion), a study YAML file, or a study "
              "directory (its recorded spec and settings)")
 
@@ -73,7 +74,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", metavar="N|LIST", help="number of seeds (3: seeds 0,1,2) or a list (0,1 or 5,)")
     p.add_argument("--output", metavar="DIR", help="study directory (default studies/<name>, studies/<name>-quick)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny model, synthetic data, 1 epoch: the whole study on a CPU in minutes")
+                   help="smoke test: tiny model, synthetic data, 1 epoch: the whole study on a CPU in minutes "
+                        "(checks the pipeline; its numbers are not results, and the report says so)")
     p.add_argument("--base", metavar="CONFIG", help="replace the spec's base config (e.g. preset:recipe_cssa_a100)")
     p.add_argument("--select-with-missing", action="store_true",
                    help="let a phase select on the seeds that finished when some runs failed")
@@ -141,8 +143,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _run_json(plan: Any, run: Any, state: Any = None) -> dict[str, Any]:
     c = run.configuration
     state = state if state is not None else run.state()
-    return {"id": c.id, "phase": c.phase, "phase_name": c.phase_name, "seed": run.seed,
-            "run_dir": str(run.run_dir) if run.run_dir else None, "changes": c.changes,
+    return {"id": c.id, "phase": c.phase, "phase_name": c.phase_name, "seed": run.seed, "split_seed": run.split_seed,
+            "run": run.key, "run_dir": str(run.run_dir) if run.run_dir else None, "changes": c.changes,
             "status": "pending" if run.pending else state.status, "pending": run.pending, "parent": c.parent}
 
 
@@ -167,7 +169,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         status = "awaits selection" if c.pending else _status_text([r.state().status for r in runs])
         changes = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in c.changes.items())
         rows.append([f"{c.phase} {names.get(c.phase, '')}", c.id, status, changes or "(base config)"])
-    print(f"study {spec.name} in {plan.study_dir}, seeds {','.join(str(s) for s in plan.seeds)}")
+    print(f"study {spec.name} in {plan.study_dir}, seeds {','.join(str(s) for s in plan.seeds)}"
+          + (f", split seeds {','.join(str(s) for s in plan.split_seeds)}" if plan.split_seeds else ""))
     _print_table(["phase", "configuration", "runs", "changes from the base"], rows)
     print(_plan_line(plan))
     for index, why in plan.waiting.items():
@@ -197,7 +200,8 @@ def _plan_line(plan: Any) -> str:
     parts = [f"{n} {names.get(p, p)}" + (" (pending selection)" if any(c.pending for c in plan.configurations
                                                                       if c.phase == p) else "")
              for p, n in sorted(per_phase.items())]
-    return (f"{len(plan.configurations)} configurations ({', '.join(parts)}) x {len(plan.seeds)} seed(s) = "
+    splits = f" x {len(plan.split_seeds)} split seed(s)" if plan.split_seeds else ""
+    return (f"{len(plan.configurations)} configurations ({', '.join(parts)}) x {len(plan.seeds)} seed(s){splits} = "
             f"{len(plan.runs())} runs")
 
 
@@ -214,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = summary.counts
     print(f"study {spec.name} in {summary.study_dir}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if not args.no_report:
-        print(f"report: {summary.study_dir / 'REPORT.md'}")
+        print(f"report: {summary.study_dir / 'REPORT.md'}" + (QUICK_NOTE if settings.quick else ""))
     return 1 if counts.get("failed") else 0
 
 
@@ -265,7 +269,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     fmt = lambda v: "" if v is None or v != v else f"{v:.4f}"  # noqa: E731
-    table = [[f"{r['id']}/seed{r['seed']}", str(r["phase"]), "pending selection" if r["pending"] else r["status"],
+    table = [[r["run"], str(r["phase"]), "pending selection" if r["pending"] else r["status"],
               str(r["epochs_done"]), fmt(r["val_mAP"]), fmt(r["test_mAP"]), (r["error"] or r["held_by"] or "")[:120]]
              for r in rows]
     print(f"study {spec.name} in {plan.study_dir}")
@@ -278,9 +282,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from crossattentiondet.studies.plan import build_plan
-    from crossattentiondet.studies.report import write_report
+    from crossattentiondet.studies.report import is_quick_study, write_report
 
     spec, settings = study_from_args(args)
-    path = write_report(build_plan(spec, settings))
-    print(f"report: {path} (summary.csv, summary_all_experiments.csv, plots/ next to it)")
+    plan = build_plan(spec, settings)
+    path = write_report(plan)
+    print(f"report: {path} (summary.csv, summary_all_experiments.csv, plots/ next to it)"
+          + (QUICK_NOTE if is_quick_study(plan) else ""))
     return 0

@@ -1,17 +1,46 @@
 """From per-run files to study tables: metrics per run, statistics per configuration, tests vs the baseline.
 
-Per configuration (over its finished seeds): mean, standard deviation (ddof 1), n and the 95% confidence
-interval of the mean (Student t). Against the matched baseline: the difference of means with its 95%
-interval and Welch's t-test (unequal variances) p-value, and a plain flag ``distinguishable_from_noise``
-that is "no" when p >= 0.05 or either side has fewer than 2 seeds. Holm's correction over all
-configurations is added for mAP, since a study makes many comparisons at once.
+Per configuration (over its finished runs; with split seeds every (split seed, seed) run is one replicate):
+mean, standard deviation (ddof 1), n and the 95% confidence interval of the mean (Student t). Against the
+matched baseline: the difference of means with its 95% interval and Welch's t-test (unequal variances)
+p-value, and a flag ``distinguishable_from_noise`` that is "no" when p >= 0.05 or either side has fewer than
+2 runs. Holm's correction over all configurations is added for mAP, since a study makes many comparisons at
+once; the report's verdict uses the Holm p-value.
+
+Test-set sampling (mAP only). A run may leave ``bootstrap_test.json``: ``n_boot`` bootstrap replicates of
+its test mAP, resampling test images with resamples that are a deterministic function of the test set's
+image ids (``image_ids_hash``), so replicate b of two runs on one test set used the same images. The
+seed-mean's replicate b is ``rep_b = mean over the configuration's runs of samples_r[b]`` and
+
+    Var(mean) = s_seeds^2 / n + var_b(rep_b)
+
+The two terms do not overlap and the second does not shrink with n: on a fixed test set, the spread between
+seeds is training noise only (every seed is scored on the same images, so the test-sampling error is common
+to all of them and cancels out of their spread), and that common error does not average out over seeds for
+the same reason. The interval uses Student t with Welch-Satterthwaite degrees of freedom from the seed term
+(the bootstrap term counted with infinite df; a normal when the seed term is 0), never narrower than the
+seed-only interval (more df can outweigh more variance at a few seeds; see :func:`welch`). Against the
+baseline the bootstrap term is ``var_b(rep_b(config) - rep_b(baseline))`` when both were scored on the
+same test sets (equal sets of hashes: paired, which removes the test-set difficulty both share), else
+``var_b(rep(config)) + var_b(rep(baseline))`` (independent), added to Welch's seed term. With split seeds the
+runs of one configuration see different test sets; their between-run spread then holds test-set variation
+too, so the combined interval is conservative. A configuration (or comparison) with a run lacking the file
+(older runs) keeps the seed-only statistics, and says so (``mAP_test_sampling`` = "no").
+
+Zero variance: when neither side has any spread (seed std 0 and no bootstrap spread) nothing can be tested;
+p is NaN (never 0) and the difference is only compared with :data:`RESOLUTION`.
 
 Files (regenerated from the run directories, written atomically):
 - ``summary_all_experiments.csv``: one row per run, the original project's columns first.
 - ``summary.csv``: one row per run (``row=run``, the same columns) and one per configuration (``row=config``;
   ``exp_id`` is the configuration id; metric columns
-  hold the mean over seeds, with _std, _ci95_low/high, _diff, _diff_ci95_low/high, _p_value,
-  _distinguishable_from_noise). ``time_hr`` is training time (final_results.json training.train_time_s).
+  hold the mean over runs, with _std (between runs), _ci95_low/high, _diff, _diff_ci95_low/high, _p_value,
+  _distinguishable_from_noise (uncorrected p)). For mAP, _ci95_*, _diff_ci95_* and _p_value include test-set
+  sampling where every run has bootstrap_test.json (``mAP_test_sampling`` yes/no); ``mAP_seed_ci95_*`` and
+  ``mAP_seed_p_value`` are the seed-only ones, ``mAP_boot_std`` the bootstrap standard deviation (of the run's
+  mAP on run rows, of the seed-mean on configuration rows), ``mAP_diff_paired`` whether the difference used
+  shared resamples, ``mAP_p_holm`` / ``mAP_holm_comparisons`` Holm's p and its number of comparisons,
+  ``mAP_verdict`` the report's verdict. ``time_hr`` is training time (final_results.json training.train_time_s).
 """
 
 from __future__ import annotations
@@ -21,7 +50,6 @@ import io
 import json
 import math
 import statistics
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +64,10 @@ ACCURACY_METRICS = TEST_METRICS + VAL_METRICS
 COST_METRICS = ("params_M", "backbone_gflops", "detector_gflops", "latency_ms", "time_hr")
 ALL_METRICS = ACCURACY_METRICS + COST_METRICS
 ALPHA = 0.05
+# smallest mAP difference (COCO metrics are 0..1) read as a difference when nothing varies and so nothing can
+# be tested: below it two constant results are the same; above it they differ, untested
+RESOLUTION = 1e-3
+BOOTSTRAP_FILE = "bootstrap_test.json"  # = crossattentiondet.engine.bootstrap.BOOTSTRAP_FILE
 # the original summary CSV named these columns so (run_cssa_ablations.py); other varied keys keep their dotted name
 ORIGINAL_COLUMN_NAMES = {
     "model.fusion.stages": "stages", "model.fusion.cssa.switching_thresh": "threshold",
@@ -58,25 +90,69 @@ class Stats:
 
 @dataclass
 class Comparison:
-    """A configuration minus the baseline: difference of means, its 95% interval, Welch p-value."""
+    """A configuration minus the baseline: difference of means, its 95% interval, Welch p-value.
+
+    ``boot_std`` is the test-sampling part of the difference's standard error (0 when not included),
+    ``test_sampling`` whether it is included, ``paired`` whether it used shared resamples (None: not
+    included), ``seed_p_value`` the seed-only Welch p, ``no_variance`` that neither side varies at all (p NaN)."""
 
     diff: float
     ci_low: float
     ci_high: float
     p_value: float
+    seed_p_value: float = math.nan
+    boot_std: float = 0.0
+    test_sampling: bool = False
+    paired: bool | None = None
+    no_variance: bool = False
 
     @property
     def distinguishable(self) -> bool:
         return math.isfinite(self.p_value) and self.p_value < ALPHA
 
+    @property
+    def beyond_resolution(self) -> bool:
+        """|difference| above :data:`RESOLUTION` (what can be said when there is no variance to test with)."""
+        return math.isfinite(self.diff) and abs(self.diff) > RESOLUTION
+
+
+@dataclass
+class RunBootstrap:
+    """The part of a run's bootstrap_test.json the study uses."""
+
+    samples: list[float]  # n_boot replicates of the run's test mAP
+    image_ids_hash: str  # runs with equal hashes share resamples (replicate b: the same images)
+    point: float = math.nan
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(_finite_variance(self.samples))
+
+
+@dataclass
+class MeanBootstrap:
+    """Bootstrap replicates of a configuration's mean over runs: rep_b = mean_r samples_r[b]."""
+
+    replicates: list[float]
+    hashes: frozenset[str]  # the test sets the runs were scored on
+
+    @property
+    def var(self) -> float:
+        return _finite_variance(self.replicates)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var)
+
 
 @dataclass
 class RunRecord:
-    """One run's status and metrics (NaN where missing)."""
+    """One run's status and metrics (NaN where missing), and its test-set bootstrap if it has one."""
 
     run: PlannedRun
     state: RunState
     metrics: dict[str, float]
+    bootstrap: RunBootstrap | None = None
 
 
 @dataclass
@@ -85,17 +161,23 @@ class ConfigResult:
 
     configuration: Configuration
     records: list[RunRecord]
-    stats: dict[str, Stats] = field(default_factory=dict)
+    stats: dict[str, Stats] = field(default_factory=dict)  # mAP: seed + test-sampling CI where available
     vs_baseline: dict[str, Comparison] = field(default_factory=dict)
     mAP_p_holm: float = math.nan
+    mAP_seed: Stats | None = None  # seed-only statistics of mAP
+    test_sampling: MeanBootstrap | None = None  # None: some finished run has no bootstrap_test.json
+    test_sampling_note: str = ""  # why test sampling is not included
 
     @property
     def n(self) -> int:
         return sum(1 for r in self.records if r.state.status == "finished")
 
-    def values(self, metric: str) -> list[float]:
-        return [r.metrics[metric] for r in self.records
+    def finished_records(self, metric: str = "mAP") -> list[RunRecord]:
+        return [r for r in self.records
                 if r.state.status == "finished" and math.isfinite(r.metrics.get(metric, math.nan))]
+
+    def values(self, metric: str) -> list[float]:
+        return [r.metrics[metric] for r in self.finished_records(metric)]
 
 
 @dataclass
@@ -107,6 +189,7 @@ class StudyResults:
     configs: list[ConfigResult]
     baseline: ConfigResult | None
     varied_keys: list[str]
+    holm_comparisons: int = 0  # finite mAP p-values Holm's correction is over
 
     def config(self, config_id: str) -> ConfigResult:
         for c in self.configs:
@@ -132,30 +215,78 @@ def describe(values: list[float]) -> Stats:
     return Stats(n, mean, std, mean - half, mean + half)
 
 
-def welch(values: list[float], baseline: list[float]) -> Comparison:
-    """Welch's t-test of ``values`` against ``baseline`` (p NaN when either has fewer than 2 values)."""
+def _quantile(df: float) -> float:
+    """Two-sided 95% quantile of Student t with ``df`` degrees of freedom (normal for infinite df)."""
     from scipy import stats as st
 
+    return float(st.norm.ppf(1 - ALPHA / 2)) if not math.isfinite(df) else float(st.t.ppf(1 - ALPHA / 2, df))
+
+
+def _two_sided_p(t: float, df: float) -> float:
+    from scipy import stats as st
+
+    return float(2 * (st.norm.sf(abs(t)) if not math.isfinite(df) else st.t.sf(abs(t), df)))
+
+
+def describe_combined(values: list[float], boot_var: float) -> Stats:
+    """Statistics of the mean of ``values`` whose 95% interval also covers test-set sampling.
+
+    Var = s^2 / n + ``boot_var`` (the bootstrap variance of the mean, see the module docstring), with
+    Welch-Satterthwaite degrees of freedom from the seed term alone (the bootstrap term has infinite df).
+    ``boot_var`` 0 gives exactly :func:`describe`; the interval is never narrower than the seed-only one
+    (see :func:`welch`). With one value there is no seed term: CI NaN."""
+    base = describe(values)
+    if base.n < 2 or not math.isfinite(boot_var) or boot_var <= 0:
+        return base
+    seed_var = base.std ** 2 / base.n
+    total = seed_var + boot_var
+    df = math.inf if seed_var == 0 else total ** 2 / (seed_var ** 2 / (base.n - 1))
+    half = max(_quantile(df) * math.sqrt(total), (base.ci_high - base.ci_low) / 2)
+    return Stats(base.n, base.mean, base.std, base.mean - half, base.mean + half)
+
+
+def welch(values: list[float], baseline: list[float], boot_var: float = 0.0, *,
+          paired: bool | None = None) -> Comparison:
+    """Welch's t-test of ``values`` against ``baseline`` (p NaN when either has fewer than 2 values).
+
+    ``boot_var`` is the test-sampling variance of the difference of means (0: seed noise only); it is added
+    to Welch's seed term, the degrees of freedom are Welch-Satterthwaite's over the seed terms (the bootstrap
+    term counted with infinite df), and a normal is used when the seed term is 0. Adding that term raises
+    the degrees of freedom, which at a few seeds can outweigh the larger variance (a 3-seed t quantile is
+    4.30, a normal's 1.96); a noise source added must never make a result look more certain, so the
+    interval is never narrower, and p never smaller, than the seed-only ones. When nothing varies at all
+    (both seed spreads 0, no bootstrap spread) there is nothing to test: p is NaN and ``no_variance`` set."""
     a = [v for v in values if math.isfinite(v)]
     b = [v for v in baseline if math.isfinite(v)]
+    boot_var = boot_var if math.isfinite(boot_var) and boot_var > 0 else 0.0
+    with_boot = paired is not None
+    extra = {"boot_std": math.sqrt(boot_var), "test_sampling": with_boot, "paired": paired}
     if not a or not b:
-        return Comparison(math.nan, math.nan, math.nan, math.nan)
+        return Comparison(math.nan, math.nan, math.nan, math.nan, **extra)
     diff = statistics.fmean(a) - statistics.fmean(b)
     if len(a) < 2 or len(b) < 2:
-        return Comparison(diff, math.nan, math.nan, math.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # identical constant samples: scipy warns, p is NaN
-        result = st.ttest_ind(a, b, equal_var=False)
-        interval = result.confidence_interval(1 - ALPHA)
-    p = float(result.pvalue)
-    if not math.isfinite(p) and statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
-        p = 1.0 if diff == 0 else 0.0  # no noise at all: equal means are the same, others differ
-    return Comparison(diff, float(interval.low), float(interval.high), p)
+        return Comparison(diff, math.nan, math.nan, math.nan, **extra)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    seed_var = va + vb
+    seed_p, seed_half = math.nan, 0.0
+    if seed_var > 0:
+        df_seed = seed_var ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        seed_p = _two_sided_p(diff / math.sqrt(seed_var), df_seed)
+        seed_half = _quantile(df_seed) * math.sqrt(seed_var)
+    total = seed_var + boot_var
+    if total == 0:
+        return Comparison(diff, math.nan, math.nan, math.nan, math.nan, no_variance=True, **extra)
+    df = math.inf if seed_var == 0 else total ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = max(_quantile(df) * math.sqrt(total), seed_half)
+    p = _two_sided_p(diff / math.sqrt(total), df)
+    if math.isfinite(seed_p):
+        p = max(p, seed_p)
+    return Comparison(diff, diff - half, diff + half, p, seed_p, **extra)
 
 
 def holm(p_values: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (NaN entries stay NaN and do not count)."""
-    finite = sorted((p, i) for i, p in enumerate(p_values) if math.isfinite(p))
+    finite = sorted((min(1.0, max(0.0, p)), i) for i, p in enumerate(p_values) if math.isfinite(p))
     m = len(finite)
     adjusted = [math.nan] * len(p_values)
     running = 0.0
@@ -195,6 +326,55 @@ def run_metrics(final: dict[str, Any] | None) -> dict[str, float]:
     return out
 
 
+def load_bootstrap(run_dir: Path | None) -> RunBootstrap | None:
+    """A run's test-set bootstrap of mAP (``bootstrap_test.json``, read by
+    :func:`crossattentiondet.engine.bootstrap.load_run_bootstrap`), or None when it has none or it is
+    unusable (unreadable, another metric, fewer than 2 finite replicates)."""
+    if run_dir is None or not (Path(run_dir) / BOOTSTRAP_FILE).is_file():
+        return None
+    from crossattentiondet.engine.bootstrap import load_run_bootstrap
+
+    try:
+        result = load_run_bootstrap(Path(run_dir))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if result is None or result.metric != "mAP":
+        return None
+    # NaN (a resample without ground truth) stays in place: replicate b must line up across runs
+    samples = [float(v) for v in result.samples]
+    if sum(1 for v in samples if math.isfinite(v)) < 2:
+        return None
+    return RunBootstrap(samples, str(result.image_ids_hash), _number(result.point))
+
+
+def _finite_variance(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.variance(finite) if len(finite) > 1 else 0.0
+
+
+def mean_bootstrap(records: list[RunRecord]) -> MeanBootstrap | None:
+    """rep_b = mean over ``records`` of their replicate b (None unless every record has a bootstrap).
+
+    Replicates are aligned by index; when runs have different n_boot, the first min(n_boot) are used (the
+    resamples are a function of the test set and b, so the shorter list is a prefix of the longer one). A
+    replicate that is NaN in any run is NaN and left out of the variances."""
+    boots = [r.bootstrap for r in records if r.bootstrap is not None]
+    if not boots or len(boots) != len(records):
+        return None
+    n_boot = min(len(b.samples) for b in boots)
+    reps = [statistics.fmean(b.samples[i] for b in boots) for i in range(n_boot)]
+    return MeanBootstrap(reps, frozenset(b.image_ids_hash for b in boots))
+
+
+def difference_boot_var(config: MeanBootstrap, baseline: MeanBootstrap) -> tuple[float, bool]:
+    """(bootstrap variance of config mean - baseline mean, paired?). Paired (replicate b minus replicate b)
+    when both were scored on the same test sets (equal sets of image-id hashes), else independent (the
+    variances add)."""
+    if config.hashes == baseline.hashes and all(config.hashes):
+        return _finite_variance([x - y for x, y in zip(config.replicates, baseline.replicates)]), True
+    return config.var + baseline.var, False
+
+
 def collect(plan: StudyPlan) -> StudyResults:
     """Read every planned run's files and compute the statistics."""
     records: list[RunRecord] = []
@@ -208,19 +388,35 @@ def collect(plan: StudyPlan) -> StudyResults:
         mine = []
         for run in runs_of[configuration.id]:
             state = run.state()
-            mine.append(RunRecord(run, state, run_metrics(state.final if state.status == "finished" else None)))
+            finished = state.status == "finished"
+            mine.append(RunRecord(run, state, run_metrics(state.final if finished else None),
+                                  load_bootstrap(run.run_dir) if finished else None))
         records.extend(mine)
         result = ConfigResult(configuration, mine)
         result.stats = {m: describe(result.values(m)) for m in ALL_METRICS}
+        result.mAP_seed = result.stats["mAP"]
+        used = result.finished_records("mAP")
+        result.test_sampling = mean_bootstrap(used)
+        if result.test_sampling is not None:
+            result.stats["mAP"] = describe_combined(result.values("mAP"), result.test_sampling.var)
+        elif used:
+            lacking = sum(1 for r in used if r.bootstrap is None)
+            result.test_sampling_note = f"no {BOOTSTRAP_FILE} in {lacking} of {len(used)} runs"
         configs.append(result)
     baseline = next((c for c in configs if c.configuration.id == plan.baseline_id), None)
+    holm_m = 0
     if baseline is not None:
         for c in configs:
             if c is baseline:
                 continue
             c.vs_baseline = {m: welch(c.values(m), baseline.values(m)) for m in ACCURACY_METRICS}
+            if c.test_sampling is not None and baseline.test_sampling is not None:
+                boot_var, paired = difference_boot_var(c.test_sampling, baseline.test_sampling)
+                c.vs_baseline["mAP"] = welch(c.values("mAP"), baseline.values("mAP"), boot_var, paired=paired)
         others = [c for c in configs if c is not baseline]
-        for c, p in zip(others, holm([c.vs_baseline["mAP"].p_value for c in others])):
+        p_values = [c.vs_baseline["mAP"].p_value for c in others]
+        holm_m = sum(1 for p in p_values if math.isfinite(p))
+        for c, p in zip(others, holm(p_values)):
             c.mAP_p_holm = p
     varied: list[str] = []
     for c in plan.configurations:
@@ -235,7 +431,32 @@ def collect(plan: StudyPlan) -> StudyResults:
     for key in ORIGINAL_COLUMN_NAMES:
         if key.startswith(f"model.fusion.{fusion}.") and key not in varied:
             varied.append(key)
-    return StudyResults(plan, records, configs, baseline, varied)
+    return StudyResults(plan, records, configs, baseline, varied, holm_m)
+
+
+# ---------------------------------------------------------------------------------------------- verdict
+def mAP_verdict(c: ConfigResult, results: StudyResults) -> str:
+    """The plain-words verdict on a configuration's mAP against the baseline (Holm-corrected p)."""
+    baseline = results.baseline
+    if baseline is None:
+        return "no baseline"
+    if c is baseline:
+        return "(baseline)"
+    comp = c.vs_baseline.get("mAP")
+    if comp is None or not math.isfinite(comp.diff):
+        return "no results"
+    if c.n < 2 or baseline.n < 2:
+        return "not testable (fewer than 2 runs)"
+    if comp.no_variance:
+        # constant results on both sides: a test would divide by zero; only the size of the gap can be read
+        return ("no variance: differs by more than the resolution, untested" if comp.beyond_resolution
+                else "no variance: cannot test")
+    noise = "seed and test-set noise" if comp.test_sampling else "seed noise"
+    if math.isfinite(c.mAP_p_holm) and c.mAP_p_holm < ALPHA:
+        return "yes: " + ("better" if comp.diff > 0 else "worse") + " than the baseline"
+    if comp.distinguishable:
+        return f"no: within {noise} after Holm correction (uncorrected p < {ALPHA})"
+    return f"no: within {noise}"
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -281,7 +502,8 @@ def _run_row(results: StudyResults, record: RunRecord) -> dict[str, Any]:
     configuration = record.run.configuration
     final = record.state.final or {}
     row: dict[str, Any] = {
-        "exp_id": configuration.id, "seed": record.run.seed, "phase": configuration.phase,
+        "exp_id": configuration.id, "seed": record.run.seed,
+        "split_seed": "" if record.run.split_seed is None else record.run.split_seed, "phase": configuration.phase,
         "phase_name": configuration.phase_name, "parent": configuration.parent or "",
         "backbone": configuration.config.model.backbone if configuration.config else "",
         "epochs": (final.get("training") or {}).get("epochs", record.state.epochs_done),
@@ -292,6 +514,9 @@ def _run_row(results: StudyResults, record: RunRecord) -> dict[str, Any]:
     for key in results.varied_keys:
         row[column_name(key)] = _config_value(configuration, key)
     row.update(record.metrics)
+    if record.state.status == "finished":
+        row["mAP_test_sampling"] = "yes" if record.bootstrap is not None else "no"
+        row["mAP_boot_std"] = record.bootstrap.std if record.bootstrap is not None else math.nan
     return row
 
 
@@ -301,7 +526,7 @@ def summary_all_rows(results: StudyResults) -> tuple[list[dict[str, Any]], list[
     columns = ["exp_id", "seed", *varied, "backbone", "epochs", "mAP", "mAP_50", "mAP_75", "mAP_small",
                "mAP_medium", "mAP_large", "params_M", "time_hr", "status", "phase", "phase_name", "parent",
                "val_mAP", "val_mAP_50", "mAR_100", "backbone_gflops", "detector_gflops", "latency_ms", "best_epoch",
-               "error", "run_dir"]
+               "split_seed", "error", "run_dir"]
     return [_run_row(results, r) for r in results.records], columns
 
 
@@ -309,14 +534,16 @@ def summary_rows(results: StudyResults) -> tuple[list[dict[str, Any]], list[str]
     """Rows and columns of summary.csv (run rows, then configuration rows)."""
     varied = [column_name(k) for k in results.varied_keys]
     original = [c for c in ("backbone", "epochs", "best_epoch") if c not in varied]  # of summary_all_experiments.csv
-    columns = ["row", "exp_id", "seed", "phase", "phase_name", "parent", "status", "n", *varied, *original, "changes"]
+    columns = ["row", "exp_id", "seed", "split_seed", "phase", "phase_name", "parent", "status", "n", *varied,
+               *original, "changes"]
     for metric in ALL_METRICS:
         columns += [metric, f"{metric}_std", f"{metric}_ci95_low", f"{metric}_ci95_high"]
         if metric in ACCURACY_METRICS:
             columns += [f"{metric}_diff", f"{metric}_diff_ci95_low", f"{metric}_diff_ci95_high", f"{metric}_p_value",
                         f"{metric}_distinguishable_from_noise"]
         if metric == "mAP":
-            columns.append("mAP_p_holm")
+            columns += ["mAP_p_holm", "mAP_holm_comparisons", "mAP_verdict", "mAP_test_sampling", "mAP_boot_std",
+                        "mAP_seed_ci95_low", "mAP_seed_ci95_high", "mAP_seed_p_value", "mAP_diff_paired"]
     columns += ["error", "run_dir"]
     rows = []
     for record in results.records:
@@ -342,6 +569,18 @@ def summary_rows(results: StudyResults) -> tuple[list[dict[str, Any]], list[str]
         if configuration.id == baseline_id:
             row["mAP_distinguishable_from_noise"] = "baseline"
         row["mAP_p_holm"] = c.mAP_p_holm
+        if results.baseline is not None:
+            row["mAP_holm_comparisons"] = results.holm_comparisons
+        row["mAP_verdict"] = mAP_verdict(c, results)
+        if c.mAP_seed is not None:
+            row.update({"mAP_seed_ci95_low": c.mAP_seed.ci_low, "mAP_seed_ci95_high": c.mAP_seed.ci_high})
+        if c.n:
+            row["mAP_test_sampling"] = "yes" if c.test_sampling is not None else "no"
+        row["mAP_boot_std"] = c.test_sampling.std if c.test_sampling is not None else math.nan
+        comp = c.vs_baseline.get("mAP")
+        if comp is not None:
+            row["mAP_seed_p_value"] = comp.seed_p_value
+            row["mAP_diff_paired"] = "" if comp.paired is None else "yes" if comp.paired else "no"
         rows.append(row)
     return rows, columns
 

@@ -1,7 +1,9 @@
 """Expanding a study spec into configurations and runs: ids, resolved configs, phase selection.
 
 A configuration is a point of the study (``exp_003_s3_t0.5``, ``baseline``, ``mit_b2``); a run is a
-configuration x a seed, trained in ``<study_dir>/<config id>/seed<k>/``. The matched baseline is phase 0
+configuration x a seed, trained in ``<study_dir>/<config id>/seed<k>/`` (with ``split_seeds`` in the spec:
+a configuration x a split seed x a seed, in ``<config id>/split<j>_seed<k>/``, trained with
+``data.split.seed=j``). The matched baseline is phase 0
 (or, for studies whose baseline is one of their points, that point). A phase that selects from an earlier
 one is "pending" until every run of that phase has finished: its configurations are then known and are
 listed with placeholders (``exp_008_s?_t0.3``), so their number is known in advance.
@@ -79,21 +81,31 @@ class Configuration:
     changes: dict[str, Any] = field(default_factory=dict)  # dotted keys differing from the study base
 
 
+def run_name(seed: int, split_seed: int | None = None) -> str:
+    """The folder of a run in its configuration's folder: ``seed<k>``, or ``split<j>_seed<k>`` with split seeds."""
+    return f"seed{seed}" if split_seed is None else f"split{split_seed}_seed{seed}"
+
+
 @dataclass
 class PlannedRun:
-    """One run: a configuration x a seed."""
+    """One run: a configuration x a seed (x a split seed, when the study has split seeds)."""
 
     configuration: Configuration
     seed: int
     run_dir: Path | None  # None while pending selection
+    split_seed: int | None = None  # data.split.seed of this run; None: the configuration's own
 
     @property
     def config_id(self) -> str:
         return self.configuration.id
 
     @property
+    def name(self) -> str:
+        return run_name(self.seed, self.split_seed)
+
+    @property
     def key(self) -> str:
-        return f"{self.configuration.id}/seed{self.seed}"
+        return f"{self.configuration.id}/{self.name}"
 
     @property
     def pending(self) -> bool:
@@ -112,7 +124,8 @@ class Selection:
     metric: str
     mode: str
     top_k: int
-    ranking: list[dict[str, Any]]  # {id, mean, std, n, values{seed: value}}, best first
+    # {id, mean, std, n, values{seed (split<j>_seed<k> with split seeds): value}}, best first
+    ranking: list[dict[str, Any]]
     selected: list[str]
     missing: list[str] = field(default_factory=list)  # runs left out (--select-with-missing)
     recorded: bool = False  # read from / written to selection_phase<k>.json
@@ -144,6 +157,11 @@ class StudyPlan:
     baseline_id: str | None
     selections: dict[int, Selection] = field(default_factory=dict)
     waiting: dict[int, str] = field(default_factory=dict)  # pending phase -> why it waits
+    split_seeds: list[int] | None = None  # None: every run uses its configuration's data.split.seed
+
+    def replicates(self) -> list[tuple[int | None, int]]:
+        """(split seed or None, seed) of every run of one configuration, in run order."""
+        return [(split, seed) for split in (self.split_seeds or [None]) for seed in self.seeds]
 
     def configuration(self, config_id: str) -> Configuration:
         for c in self.configurations:
@@ -153,8 +171,8 @@ class StudyPlan:
 
     def runs(self) -> list[PlannedRun]:
         """Every run, configuration by configuration (pending ones without a directory)."""
-        return [PlannedRun(c, seed, None if c.pending else self.study_dir / c.id / f"seed{seed}")
-                for c in self.configurations for seed in self.seeds]
+        return [PlannedRun(c, seed, None if c.pending else self.study_dir / c.id / run_name(seed, split), split)
+                for c in self.configurations for split, seed in self.replicates()]
 
     def phase_names(self) -> dict[int, str]:
         names = {p: n for p, n in ((c.phase, c.phase_name) for c in self.configurations)}
@@ -168,8 +186,10 @@ class StudyPlan:
             raise ConfigError(f"{run.key} awaits the selection of an earlier phase")
         tree = config_to_dict(configuration.config)
         root = self.study_dir.resolve()
-        tree["name"] = f"seed{run.seed}"
+        tree["name"] = run.name
         tree["seed"] = run.seed
+        if run.split_seed is not None:
+            tree["data"]["split"]["seed"] = run.split_seed
         tree["output"]["root"] = str(root / configuration.id)
         synthetic = tree["data"]["synthetic"]
         if tree["data"]["root"] is None and synthetic["cache_dir"] is None:
@@ -338,8 +358,8 @@ def validation_value(final: dict[str, Any], metric: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _select(spec: StudySpec, phase: int, candidates: list[Configuration], seeds: list[int], study_dir: Path,
-            *, record: bool, allow_missing: bool) -> tuple[Selection | None, str]:
+def _select(spec: StudySpec, phase: int, candidates: list[Configuration], replicates: list[tuple[int | None, int]],
+            study_dir: Path, *, record: bool, allow_missing: bool) -> tuple[Selection | None, str]:
     select = spec.phases[phase - 1].select
     assert select is not None
     source = spec.source_phase(phase)
@@ -356,20 +376,21 @@ def _select(spec: StudySpec, phase: int, candidates: list[Configuration], seeds:
     rows, missing, no_metric = [], [], []
     for c in candidates:
         values: dict[str, float] = {}
-        for seed in seeds:
-            state = read_run_state(study_dir / c.id / f"seed{seed}")
+        for split, seed in replicates:
+            name = run_name(seed, split)
+            state = read_run_state(study_dir / c.id / name)
             if state.status != "finished" or state.final is None:
-                missing.append(f"{c.id}/seed{seed} ({state.status})")
+                missing.append(f"{c.id}/{name} ({state.status})")
                 continue
             value = validation_value(state.final, select.metric)
             if value is None:
-                no_metric.append(f"{c.id}/seed{seed}")
+                no_metric.append(f"{c.id}/{name}")
             else:
-                values[str(seed)] = value
+                values[str(seed) if split is None else name] = value
         vals = list(values.values())
         rows.append({"id": c.id, "mean": statistics.fmean(vals) if vals else None,
                      "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals), "values": values})
-    total = len(candidates) * len(seeds)
+    total = len(candidates) * len(replicates)
     if no_metric:
         return None, (f"{len(no_metric)} finished run(s) of phase '{source_name}' have no validation "
                       f"'{select.metric}' (e.g. {no_metric[0]}); selection needs a validation split "
@@ -409,6 +430,8 @@ def build_plan(spec: StudySpec, settings: StudySettings | None = None, *, record
     seeds = list(settings.seeds) if settings.seeds else spec.seed_list()
     if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ConfigError(f"seeds must be distinct non-negative integers, got {seeds}")
+    split_seeds = spec.split_seed_list()
+    replicates = [(split, seed) for split in (split_seeds or [None]) for seed in seeds]
     resolver = _Resolver(spec, settings)
     base_config = resolver.resolve({}, "base")
 
@@ -445,7 +468,7 @@ def build_plan(spec: StudySpec, settings: StudySettings | None = None, *, record
                                   f"'{spec.phases[source - 1].name}'")
             selection, why = (None, f"waiting for phase '{spec.phases[source - 1].name}' to be selected") \
                 if any(c.pending for c in candidates) else \
-                _select(spec, index, candidates, seeds, study_dir, record=record_selection,
+                _select(spec, index, candidates, replicates, study_dir, record=record_selection,
                         allow_missing=settings.select_with_missing)
             if selection is not None:
                 selections[index] = selection
@@ -457,7 +480,22 @@ def build_plan(spec: StudySpec, settings: StudySettings | None = None, *, record
         configurations.extend(items)
     baseline_id = _baseline_id(spec, configurations)
     _check_distinct(spec, configurations)
-    return StudyPlan(spec, settings, study_dir, seeds, base_config, configurations, baseline_id, selections, waiting)
+    if split_seeds is not None:
+        _check_split_seeds(spec, configurations)
+    return StudyPlan(spec, settings, study_dir, seeds, base_config, configurations, baseline_id, selections, waiting,
+                     split_seeds)
+
+
+def _check_split_seeds(spec: StudySpec, configurations: list[Configuration]) -> None:
+    """split_seeds sets data.split.seed per run: a configuration may not vary it, and split files ignore it."""
+    for c in configurations:
+        if "data.split.seed" in c.changes or _touches(c.point, "data.split.seed"):
+            raise ConfigError(f"study spec '{spec.name}': configuration '{c.id}' sets data.split.seed, which "
+                              "split_seeds sets for every run; vary one or the other")
+        split = c.config.data.split if c.config is not None else None
+        if split is not None and (split.train_file or split.val_file or split.test_file):
+            raise ConfigError(f"study spec '{spec.name}': split_seeds has no effect on configuration '{c.id}', "
+                              "whose splits come from data.split.*_file; remove split_seeds or the split files")
 
 
 def _expand_selected(spec: StudySpec, index: int, phase: Any, selection: Selection, candidates: list[Configuration],

@@ -1,8 +1,10 @@
 """Study plots: mAP per configuration with error bars, sensitivity curves, grids, Pareto fronts, AP by size.
 
-Error bars are 95% confidence intervals of the mean over seeds (none with a single seed). matplotlib's
-object-oriented API only (Figure + Agg canvas, as in :mod:`crossattentiondet.viz`); every function writes
-one PNG atomically and returns its path.
+Error bars are 95% confidence intervals of the mean over runs (none with a single run); for test mAP they
+cover test-set sampling too where the runs have bootstrap_test.json (see
+:mod:`crossattentiondet.studies.aggregate`). ``note`` is appended to a title (the report passes
+" (quick)"). matplotlib's object-oriented API only (Figure + Agg canvas, as in :mod:`crossattentiondet.viz`);
+every function writes one PNG atomically and returns its path.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def plot_config_bars(configs: list[ConfigResult], baseline: ConfigResult | None,
 
 
 def plot_sensitivity(lines: dict[str, list[tuple[float, ConfigResult]]], key: str, baseline: ConfigResult | None,
-                     path: Path) -> Path:
+                     path: Path, note: str = "") -> Path:
     """Test mAP against one numeric setting, one line per configuration the phase built on."""
     fig = _figure(6.0, 4.2)
     ax = fig.subplots()
@@ -113,7 +115,7 @@ def plot_sensitivity(lines: dict[str, list[tuple[float, ConfigResult]]], key: st
     _baseline_band(ax, baseline)
     ax.set_xlabel(key)
     ax.set_ylabel("test mAP")
-    _title(ax, f"Sensitivity to {key.split('.')[-1]} (mean over seeds, 95% CI)")
+    _title(ax, f"Sensitivity to {key.split('.')[-1]} (mean over runs, 95% CI){note}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -164,7 +166,7 @@ COST_AXES = (("params_M", "parameters (M)"), ("detector_gflops", "detector GFLOP
              ("latency_ms", "latency (ms / image)"))
 
 
-def plot_pareto(results: StudyResults, path: Path) -> Path:
+def plot_pareto(results: StudyResults, path: Path, note: str = "") -> Path:
     """Test mAP against parameters, FLOPs and latency; the Pareto front joined and labelled."""
     fig = _figure(14.0, 4.4)
     axes = fig.subplots(1, len(COST_AXES))
@@ -188,11 +190,11 @@ def plot_pareto(results: StudyResults, path: Path) -> Path:
         ax.set_ylabel("test mAP")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle("Accuracy vs cost (mean over seeds, 95% CI)", fontsize=10)
+    fig.suptitle(f"Accuracy vs cost (mean over runs, 95% CI){note}", fontsize=10)
     return _save(fig, path)
 
 
-def plot_ap_by_size(results: StudyResults, path: Path) -> Path:
+def plot_ap_by_size(results: StudyResults, path: Path, note: str = "") -> Path:
     """AP of small, medium and large objects per configuration (mean over seeds, 95% CI)."""
     configs = results.configs
     fig = _figure(max(6.0, 0.8 * len(configs) + 2.0), 4.4)
@@ -206,7 +208,7 @@ def plot_ap_by_size(results: StudyResults, path: Path) -> Path:
                label=metric, error_kw={"linewidth": 0.8})
     ax.set_xticks(x, [c.configuration.id for c in configs], rotation=35, ha="right", fontsize=7)
     ax.set_ylabel("test AP")
-    _title(ax, "AP by object size (COCO areas; n/a where a split has no objects of a size)")
+    _title(ax, f"AP by object size (COCO areas; n/a where a split has no objects of a size){note}")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

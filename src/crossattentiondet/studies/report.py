@@ -1,6 +1,9 @@
 """REPORT.md of a study: status, selections, per-phase tables with confidence intervals and tests against the
 matched baseline, plots (mAP per configuration, sensitivity, grids, accuracy vs cost, AP by size), the
-modality table, failures, every run. Regenerated from the run directories each time."""
+modality table, failures, every run. Regenerated from the run directories each time.
+
+Verdicts use Holm-corrected p-values (the number of comparisons is printed); a study run with ``--quick``
+(recorded in study.json) is labelled a smoke test in the header, the table headers and the plot titles."""
 
 from __future__ import annotations
 
@@ -8,17 +11,35 @@ import math
 from pathlib import Path
 from typing import Any
 
-from crossattentiondet.io import atomic_write_text
+from crossattentiondet.io import atomic_write_text, read_json
 from crossattentiondet.studies import plots
 from crossattentiondet.studies.aggregate import (
     ALPHA,
+    BOOTSTRAP_FILE,
+    RESOLUTION,
     ConfigResult,
     StudyResults,
     collect,
+    mAP_verdict,
     write_summaries,
 )
 from crossattentiondet.studies.plan import StudyPlan
-from crossattentiondet.studies.runner import status_counts
+from crossattentiondet.studies.runner import STUDY_RECORD, status_counts
+
+QUICK_BANNER = "QUICK SMOKE TEST: tiny models on synthetic data; numbers are not results"
+SEEDS_ONLY_MARK = "†"  # an interval without the test-sampling term (runs without bootstrap_test.json)
+
+
+def is_quick_study(plan: StudyPlan) -> bool:
+    """Whether the study ran with --quick: its settings say so, or the study directory's study.json does
+    (so a report of a quick study says so however it is built)."""
+    if plan.settings.quick:
+        return True
+    path = plan.study_dir / STUDY_RECORD
+    try:
+        return bool(read_json(path).get("settings", {}).get("quick")) if path.is_file() else False
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -34,7 +55,10 @@ def _mean_std(c: ConfigResult, metric: str) -> str:
 
 def _ci(c: ConfigResult, metric: str) -> str:
     s = c.stats[metric]
-    return f"[{_f(s.ci_low)}, {_f(s.ci_high)}]" if math.isfinite(s.ci_low) else "n/a"
+    if not math.isfinite(s.ci_low):
+        return "n/a"
+    mark = f" {SEEDS_ONLY_MARK}" if metric == "mAP" and c.test_sampling is None else ""
+    return f"[{_f(s.ci_low)}, {_f(s.ci_high)}]{mark}"
 
 
 def _changes(c: ConfigResult) -> str:
@@ -43,34 +67,45 @@ def _changes(c: ConfigResult) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c.configuration.changes.items()).replace("|", "/")
 
 
-def _verdict(c: ConfigResult, results: StudyResults) -> tuple[str, str, str]:
-    """(difference with CI, p-value, plain-words flag) against the baseline."""
+def _p(value: float) -> str:
+    return "<0.001" if math.isfinite(value) and value < 0.001 else _f(value)
+
+
+def _verdict(c: ConfigResult, results: StudyResults) -> tuple[str, str, str, str]:
+    """(difference with CI, p-value, Holm-corrected p-value, plain-words flag) against the baseline; the flag
+    follows the Holm p (see :func:`~crossattentiondet.studies.aggregate.mAP_verdict`)."""
+    flag = mAP_verdict(c, results)
     if results.baseline is None:
-        return "n/a", "n/a", "no baseline"
+        return "n/a", "n/a", "n/a", flag
     if c is results.baseline:
-        return "—", "—", "(baseline)"
+        return "—", "—", "—", flag
     comp = c.vs_baseline.get("mAP")
     if comp is None or not math.isfinite(comp.diff):
-        return "n/a", "n/a", "no results"
+        return "n/a", "n/a", "n/a", flag
     diff = f"{comp.diff:+.3f}" + (f" [{comp.ci_low:+.3f}, {comp.ci_high:+.3f}]" if math.isfinite(comp.ci_low) else "")
-    if c.n < 2 or results.baseline.n < 2:
-        flag = "not testable (fewer than 2 seeds)"
-    elif comp.distinguishable:
-        flag = "yes: " + ("better" if comp.diff > 0 else "worse") + " than the baseline"
-    else:
-        flag = "no: within seed noise"
-    p = "<0.001" if math.isfinite(comp.p_value) and comp.p_value < 0.001 else _f(comp.p_value)
-    return diff, p, flag
+    if math.isfinite(comp.ci_low) and not comp.test_sampling:
+        diff += f" {SEEDS_ONLY_MARK}"
+    return diff, _p(comp.p_value), _p(c.mAP_p_holm), flag
 
 
-def _config_table(configs: list[ConfigResult], results: StudyResults) -> list[str]:
-    lines = ["| configuration | changes | seeds | test mAP | 95% CI | Δ mAP vs baseline [95% CI] | p (Welch) | "
-             "distinguishable from noise? | val mAP | params (M) | GFLOPs | latency (ms) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _comparisons(results: StudyResults) -> str:
+    m = results.holm_comparisons
+    return f"{m} comparison{'' if m == 1 else 's'}"
+
+
+def _holm_header(results: StudyResults) -> str:
+    return f"p (Holm, {_comparisons(results)})"
+
+
+def _config_table(configs: list[ConfigResult], results: StudyResults, tag: str = "") -> list[str]:
+    lines = [f"| configuration | changes | runs | test mAP{tag} | 95% CI{tag} | Δ mAP vs baseline [95% CI]{tag} | "
+             f"p (uncorrected) | {_holm_header(results)} | distinguishable from noise? (Holm p < {ALPHA}) | "
+             f"val mAP{tag} | params (M) | GFLOPs | latency (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in configs:
-        diff, p, flag = _verdict(c, results)
+        diff, p, p_holm, flag = _verdict(c, results)
         lines.append(f"| {c.configuration.id} | {_changes(c)} | {c.n}/{len(c.records)} | {_mean_std(c, 'mAP')} | "
-                     f"{_ci(c, 'mAP')} | {diff} | {p} | {flag} | {_mean_std(c, 'val_mAP')} | "
+                     f"{_ci(c, 'mAP')} | {diff} | {p} | {p_holm} | {flag} | {_mean_std(c, 'val_mAP')} | "
                      f"{_f(c.stats['params_M'].mean, 2)} | {_f(c.stats['detector_gflops'].mean, 2)} | "
                      f"{_f(c.stats['latency_ms'].mean, 1)} |")
     return lines
@@ -90,7 +125,8 @@ def _numeric(values: list[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def _phase_plots(results: StudyResults, index: int, members: list[ConfigResult], plot_dir: Path) -> list[str]:
+def _phase_plots(results: StudyResults, index: int, members: list[ConfigResult], plot_dir: Path,
+                 tag: str = "") -> list[str]:
     plan = results.plan
     phase = plan.spec.phases[index - 1]
     lines: list[str] = []
@@ -98,7 +134,7 @@ def _phase_plots(results: StudyResults, index: int, members: list[ConfigResult],
         return lines
     path = plots.plot_config_bars(([results.baseline] if results.baseline and results.baseline not in members
                                    else []) + members, results.baseline, plot_dir / f"phase{index}_{phase.name}_mAP.png",
-                                  f"Phase {index} ({phase.name}): mAP per configuration (mean over seeds, 95% CI)")
+                                  f"Phase {index} ({phase.name}): mAP per configuration (mean over runs, 95% CI){tag}")
     lines += [f"![phase {index} mAP](plots/{path.name})", ""]
     if phase.select is None:
         return lines
@@ -113,7 +149,8 @@ def _phase_plots(results: StudyResults, index: int, members: list[ConfigResult],
             parent = results.config(parent_id)
             points = [(_value(parent, key), parent)] + [(_value(c, key), c) for c in children]
             curves[parent_id] = [(float(x), c) for x, c in points if isinstance(x, (int, float))]
-        path = plots.plot_sensitivity(curves, key, results.baseline, plot_dir / f"phase{index}_{phase.name}_sensitivity.png")
+        path = plots.plot_sensitivity(curves, key, results.baseline,
+                                      plot_dir / f"phase{index}_{phase.name}_sensitivity.png", note=tag)
         lines += [f"![sensitivity to {key}](plots/{path.name})", ""]
     else:
         label_keys = keys or sorted({k for c in members for k in c.configuration.changes})
@@ -121,7 +158,7 @@ def _phase_plots(results: StudyResults, index: int, members: list[ConfigResult],
                   + [(plots.short_label(c, label_keys), c) for c in children] for parent_id, children in by_parent.items()}
         path = plots.plot_grid(groups, results.baseline, plot_dir / f"phase{index}_{phase.name}_grid.png",
                                f"Phase {index} ({phase.name}): test mAP per grid point, grouped by the configuration "
-                               "it builds on")
+                               f"it builds on{tag}")
         lines += [f"![phase {index} grid](plots/{path.name})", ""]
     return lines
 
@@ -133,23 +170,53 @@ def _value(c: ConfigResult, key: str) -> Any:
     return node
 
 
-def _modality_section(results: StudyResults) -> list[str]:
+def _modality_section(results: StudyResults, tag: str = "") -> list[str]:
     keys = ("model.streams", "model.zero_modalities")
     if not any(k in c.configuration.changes for c in results.configs for k in keys):
         return []
     names = [m.name for m in results.plan.base_config.data.modalities]
-    lines = ["## Modalities", "", "| configuration | " + " | ".join(names) + " | streams | test mAP | Δ vs baseline | "
-             "p | distinguishable from noise? |", "|---" * (len(names) + 6) + "|"]
+    lines = ["## Modalities", "", "| configuration | " + " | ".join(names) + f" | streams | test mAP{tag} | "
+             f"Δ vs baseline{tag} | p (uncorrected) | {_holm_header(results)} | "
+             f"distinguishable from noise? (Holm p < {ALPHA}) |",
+             "|---" * (len(names) + 7) + "|"]
     for c in results.configs:
         config = c.configuration.config
         if config is None:
             continue
         used = {m for s in config.model.streams for m in s} - set(config.model.zero_modalities)
-        diff, p, flag = _verdict(c, results)
+        diff, p, p_holm, flag = _verdict(c, results)
         streams = " / ".join("+".join(s) for s in config.model.streams)
         lines.append(f"| {c.configuration.id} | " + " | ".join("yes" if n in used else "—" for n in names)
-                     + f" | {streams} | {_mean_std(c, 'mAP')} | {diff} | {p} | {flag} |")
+                     + f" | {streams} | {_mean_std(c, 'mAP')} | {diff} | {p} | {p_holm} | {flag} |")
     return [*lines, ""]
+
+
+def _how_to_read(results: StudyResults) -> list[str]:
+    """The paragraph that says what the intervals and verdicts mean, and which rows lack the test-set term."""
+    plan = results.plan
+    replicate = "run (every split seed x seed pair)" if plan.split_seeds else "seed"
+    lines = [f"How to read: every number is the mean over runs (one per {replicate}) with its 95% confidence "
+             "interval. For test mAP the interval covers both seed variation and test-set sampling: Var = "
+             "s_seeds^2 / n + the bootstrap variance of the seed mean over test images (from each run's "
+             f"{BOOTSTRAP_FILE}; on one fixed test set the spread between seeds holds no test-sampling noise, and "
+             "that noise does not average out over seeds because all seeds share the test set); Student t with "
+             "Welch-Satterthwaite degrees of freedom. Differences from the baseline use the same bootstrap "
+             "resamples on both sides when they were scored on the same test set (paired). "
+             f"{SEEDS_ONLY_MARK} marks intervals from seed variation only (runs without {BOOTSTRAP_FILE}).",
+             "",
+             f"Verdicts: a difference is called distinguishable from noise only when its Holm-corrected p < {ALPHA} "
+             f"(Welch's t-test, with the test-sampling term where the runs have it; Holm over the "
+             f"{_comparisons(results)} with the baseline that have a p-value, mAP, all phases) with at "
+             "least 2 runs on both sides. When neither side varies at all (seed "
+             f"std 0, no bootstrap spread) nothing can be tested: 'no variance: cannot test' when |Δ| <= "
+             f"{RESOLUTION:g} mAP (the resolution), else 'no variance: differs by more than the resolution, "
+             "untested'. Later phases were chosen on validation mAP only; test results were not used for any "
+             "decision.", ""]
+    lacking = [c for c in results.configs if c.n and c.test_sampling is None]
+    if lacking:
+        names = ", ".join(f"`{c.configuration.id}` ({c.test_sampling_note})" for c in lacking)
+        lines += [f"Without the test-sampling term ({SEEDS_ONLY_MARK}, seed variation only): {names}.", ""]
+    return lines
 
 
 def write_report(plan: StudyPlan, results: StudyResults | None = None) -> Path:
@@ -159,26 +226,31 @@ def write_report(plan: StudyPlan, results: StudyResults | None = None) -> Path:
     study_dir = plan.study_dir
     plot_dir = study_dir / "plots"
     counts = status_counts(plan)
-    n_pending_selection = sum(1 for c in plan.configurations if c.pending) * len(plan.seeds)
-    lines = [f"# Study `{plan.spec.name}`", ""]
+    runs_per_config = len(plan.replicates())
+    n_pending_selection = sum(1 for c in plan.configurations if c.pending) * runs_per_config
+    quick = is_quick_study(plan)
+    tag = " (quick)" if quick else ""
+    lines = [f"# Study `{plan.spec.name}`" + (f" — {QUICK_BANNER}" if quick else ""), ""]
+    if quick:
+        lines += [f"> **{QUICK_BANNER}.** `--quick` runs every configuration with a tiny model on small synthetic "
+                  "data for about one epoch, to check that the study runs end to end. Its numbers (marked "
+                  "\"(quick)\") say nothing about the methods; run the study without --quick for results.", ""]
     if plan.spec.description:
         lines += [plan.spec.description, ""]
-    if plan.settings.quick:
-        lines += ["> **Quick mode**: a tiny model on small synthetic data for a few epochs. These numbers test the "
-                  "pipeline, not the methods.", ""]
+    splits = (f"; split seeds (data.split.seed): {', '.join(str(s) for s in plan.split_seeds)}, each run repeated "
+              "over them" if plan.split_seeds else "")
     lines += [f"- recipe: {_recipe(plan)}",
-              f"- seeds: {', '.join(str(s) for s in plan.seeds)}; configurations: "
+              f"- seeds: {', '.join(str(s) for s in plan.seeds)}{splits}; configurations: "
               f"{sum(1 for c in plan.configurations if not c.pending)} known"
               + (f" + {sum(1 for c in plan.configurations if c.pending)} awaiting selection" if n_pending_selection else ""),
               f"- matched baseline: `{plan.baseline_id}`" if plan.baseline_id else "- no matched baseline",
               "- runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
               "- files: summary.csv (runs and configurations with statistics), summary_all_experiments.csv (one row "
-              "per run), plots/, each run in <configuration>/seed<k>/", ""]
-    lines += ["How to read: every number is the mean over seeds with its 95% confidence interval (Student t). A "
-              "difference from the baseline is called distinguishable from seed noise only when Welch's t-test "
-              f"gives p < {ALPHA} with at least 2 seeds on both sides; with many configurations some will pass by "
-              "chance, so summary.csv also has Holm-corrected p-values (mAP_p_holm). Later phases were chosen on "
-              "validation mAP only; test results were not used for any decision.", ""]
+              "per run), plots/, each run in <configuration>/" + ("split<j>_seed<k>/" if plan.split_seeds else
+                                                                   "seed<k>/"), ""]
+    lines += _how_to_read(results)
+    if quick:
+        lines += ["All numbers below are from the quick smoke test and are marked (quick).", ""]
     failed = [r for r in results.records if r.state.status == "failed"]
     if failed:
         lines += ["## Failed runs", "", "| run | error | log |", "|---|---|---|"]
@@ -195,7 +267,7 @@ def write_report(plan: StudyPlan, results: StudyResults | None = None) -> Path:
         if selection is not None:
             lines += [f"Builds on the top {selection.top_k} configurations of phase {selection.source_phase} by "
                       f"validation {selection.metric} (mean over seeds):", "",
-                      "| rank | configuration | validation mean | std | seeds | selected |", "|---|---|---|---|---|---|"]
+                      "| rank | configuration | validation mean | std | runs | selected |", "|---|---|---|---|---|---|"]
             for rank, row in enumerate(selection.ranking, start=1):
                 lines.append(f"| {rank} | {row['id']} | {_f(row.get('mean'))} | {_f(row.get('std'))} | {row.get('n')} | "
                              f"{'yes' if row['id'] in selection.selected else ''} |")
@@ -203,24 +275,25 @@ def write_report(plan: StudyPlan, results: StudyResults | None = None) -> Path:
                 lines.append(f"\nRanked without {len(selection.missing)} missing run(s): {', '.join(selection.missing)}")
             lines.append("")
         if pending:
-            lines += [f"{len(pending)} configurations ({len(pending) * len(plan.seeds)} runs) await the selection: "
+            lines += [f"{len(pending)} configurations ({len(pending) * runs_per_config} runs) await the selection: "
                       f"{plan.waiting.get(index, '')}.", ""]
         if members:
-            lines += [*_config_table(baseline_rows + members, results), ""]
-            lines += _phase_plots(results, index, members, plot_dir)
+            lines += [*_config_table(baseline_rows + members, results, tag), ""]
+            lines += _phase_plots(results, index, members, plot_dir, tag)
     if results.configs:
-        lines += ["## Accuracy vs cost", "", "Parameters and FLOPs are per image at the evaluation size; latency is "
-                  "the median of the run's inference timing on its own device (compare runs from one machine only).", ""]
-        path = plots.plot_pareto(results, plot_dir / "pareto.png")
+        lines += [f"## Accuracy vs cost{tag}", "", "Parameters and FLOPs are per image at the evaluation size; latency "
+                  "is the median of the run's inference timing on its own device (compare runs from one machine "
+                  "only).", ""]
+        path = plots.plot_pareto(results, plot_dir / "pareto.png", note=tag)
         lines += [f"![accuracy vs cost](plots/{path.name})", ""]
-        lines += ["## AP by object size", "", "| configuration | small | medium | large |", "|---|---|---|---|"]
+        lines += [f"## AP by object size{tag}", "", "| configuration | small | medium | large |", "|---|---|---|---|"]
         for c in results.configs:
             lines.append(f"| {c.configuration.id} | {_mean_std(c, 'mAP_small')} | {_mean_std(c, 'mAP_medium')} | "
                          f"{_mean_std(c, 'mAP_large')} |")
-        path = plots.plot_ap_by_size(results, plot_dir / "ap_by_size.png")
+        path = plots.plot_ap_by_size(results, plot_dir / "ap_by_size.png", note=tag)
         lines += ["", f"![AP by size](plots/{path.name})", ""]
-    lines += _modality_section(results)
-    lines += ["## Runs", "", "| run | status | epochs | val mAP | test mAP | train time (h) | note |",
+    lines += _modality_section(results, tag)
+    lines += ["## Runs", "", f"| run | status | epochs | val mAP{tag} | test mAP{tag} | train time (h) | note |",
               "|---|---|---|---|---|---|---|"]
     for r in results.records:
         note = str((r.state.failed or {}).get("error", ""))[:120].replace("|", "/")

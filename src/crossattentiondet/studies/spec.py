@@ -10,6 +10,7 @@ Example (a YAML file passed to ``cadet study plan|run|status|report``)::
     base: preset:recipe_cssa            # config file or preset the configurations start from
     set: {model.fusion.type: cssa, model.fusion.stages: [3, 4]}
     seeds: 3                            # a count (0..n-1) or a list
+    split_seeds: [0, 1]                 # optional: also repeat every run over these data.split.seed values
     baseline: {}                        # changes to the base ({}: the base itself), a phase-1 id, or null
     id_format: "exp_{n:03d}_lr{lr}"
     id_fields: {lr: train.lr}
@@ -19,6 +20,11 @@ Example (a YAML file passed to ``cadet study plan|run|status|report``)::
       - name: refine
         select: {top_k: 1, metric: mAP}
         axes: {train.optimizer.weight_decay: [0.0001, 0.0005]}
+
+``split_seeds`` (a count or a list, like ``seeds``; absent by default) repeats every run over train/val/test
+splits drawn with each ``data.split.seed``, so results cover the choice of split as well as training
+noise. Without it runs live in ``<config>/seed<k>/`` and keep the base config's split seed; with it in
+``<config>/split<j>_seed<k>/``. Every (split seed, seed) run counts as one replicate of its configuration.
 """
 
 from __future__ import annotations
@@ -113,15 +119,18 @@ class StudySpec(_SpecModel):
     base: str | dict[str, Any] | None = None  # config file, preset:NAME, or an inline config mapping
     set: dict[str, Any] = {}
     seeds: int | list[int] = DEFAULT_SEEDS
+    split_seeds: int | list[int] | None = None  # None: every run uses the config's data.split.seed
     baseline: str | dict[str, Any] | None = Field(default_factory=dict)
     id_format: str = "exp_{n:03d}"
     id_fields: dict[str, str] = {}
     phases: list[PhaseSpec] = Field(min_length=1)
     _source_dir: Path | None = PrivateAttr(default=None)
 
-    @field_validator("seeds")
+    @field_validator("seeds", "split_seeds")
     @classmethod
-    def _seeds(cls, value: int | list[int]) -> int | list[int]:
+    def _seeds(cls, value: int | list[int] | None) -> int | list[int] | None:
+        if value is None:
+            return value
         if isinstance(value, int):
             if value < 1:
                 raise ValueError("needs at least 1 seed")
@@ -154,6 +163,12 @@ class StudySpec(_SpecModel):
     def seed_list(self) -> list[int]:
         """The seeds to run: ``seeds: 3`` means [0, 1, 2]."""
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def split_seed_list(self) -> list[int] | None:
+        """The split seeds to run (``split_seeds: 2`` means [0, 1]); None when the spec has none."""
+        if self.split_seeds is None:
+            return None
+        return list(range(self.split_seeds)) if isinstance(self.split_seeds, int) else list(self.split_seeds)
 
     def phase_index(self, name: str) -> int:
         """1-based phase number of the phase called ``name``."""
