@@ -11,6 +11,10 @@ class TrainingError(RuntimeError):
     """A run cannot go on (non-finite losses, no usable data...); the message says why and what to do."""
 
 
-USER_ERRORS = (ConfigError, DataError, TrainingError, FileNotFoundError)
+class RunLockedError(RuntimeError):
+    """Another live process trains in the run directory; the message names it (pid, host, start time)."""
 
-__all__ = ["USER_ERRORS", "ConfigError", "DataError", "TrainingError"]
+
+USER_ERRORS = (ConfigError, DataError, TrainingError, RunLockedError, FileNotFoundError)
+
+__all__ = ["USER_ERRORS", "ConfigError", "DataError", "RunLockedError", "TrainingError"]

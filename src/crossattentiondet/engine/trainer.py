@@ -33,6 +33,7 @@ from crossattentiondet.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossattentiondet.engine.ema import ModelEMA
 from crossattentiondet.engine.freeze import apply_freeze
 from crossattentiondet.engine.optim import build_optimizer, build_schedule, effective_batch, scaled_lr
+from crossattentiondet.engine.runlock import RunLock, lock_run_dir, takeover_message
 from crossattentiondet.engine.runlog import RunLog
 from crossattentiondet.engine.runtime import (
     DistInfo,
@@ -49,7 +50,7 @@ from crossattentiondet.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
-from crossattentiondet.errors import TrainingError
+from crossattentiondet.errors import RunLockedError, TrainingError
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 # keys that may change when a run is resumed (they do not change what is being trained)
@@ -106,23 +107,30 @@ def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False,
     device = resolve_device(user_config.train.device, info)
     check_precision(user_config.train.precision, device)
     configure_backends(user_config.train.tf32, user_config.train.deterministic)
-    if checkpoint is not None:
-        if checkpoint["epoch"] >= user_config.train.epochs and (run_dir / "final_results.json").is_file():
-            echo(f"run {run_dir} already finished ({checkpoint['epoch']} epochs); nothing to do")
-            return _finished_result(run_dir, checkpoint)
-    elif (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(f"run directory {run_dir} already has a checkpoint: continue it with --resume, or "
-                          "choose another name=... / output.root=...")
-
-    log = RunLog(run_dir, info.is_main, tensorboard=user_config.output.tensorboard,
-                 iteration_csv=user_config.train.iteration_csv, mlflow=user_config.output.mlflow, echo=echo)
-    cleanup: list[Callable[[], None]] = []
+    # before anything is written: a second process on this run directory stops here, naming the holder
+    lock = _lock_run(run_dir, info, device)
     try:
-        return _run(user_config, checkpoint, run_dir, info, device, log, stop_after_epoch, cleanup)
+        if checkpoint is not None:
+            if checkpoint["epoch"] >= user_config.train.epochs and (run_dir / "final_results.json").is_file():
+                echo(f"run {run_dir} already finished ({checkpoint['epoch']} epochs); nothing to do")
+                return _finished_result(run_dir, checkpoint)
+        elif (run_dir / "checkpoints" / "last.pt").exists():
+            raise ConfigError(f"run directory {run_dir} already has a checkpoint: continue it with --resume, or "
+                              "choose another name=... / output.root=...")
+
+        log = RunLog(run_dir, info.is_main, tensorboard=user_config.output.tensorboard,
+                     iteration_csv=user_config.train.iteration_csv, mlflow=user_config.output.mlflow, echo=echo)
+        if (note := takeover_message(lock)) is not None:
+            log.info(f"warning: {note}")
+        cleanup: list[Callable[[], None]] = []
+        try:
+            return _run(user_config, checkpoint, run_dir, info, device, log, stop_after_epoch, cleanup)
+        finally:
+            for close in cleanup:  # stop DataLoader workers even when the run fails
+                close()
+            log.close()
     finally:
-        for close in cleanup:  # stop DataLoader workers even when the run fails
-            close()
-        log.close()
+        lock.release()
 
 
 def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_dir: Path, info: DistInfo,
@@ -393,6 +401,20 @@ def _all_ranks_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def _lock_run(run_dir: Path, info: DistInfo, device: torch.device) -> RunLock:
+    """Rank 0 takes the run directory's lock; if it cannot, every rank stops (the others would wait for it)."""
+    error: RunLockedError | None = None
+    lock = RunLock(run_dir)
+    try:
+        lock = lock_run_dir(run_dir, enabled=info.is_main)
+    except RunLockedError as err:
+        error = err
+    if not _all_ranks_true(error is None, info, device):
+        lock.release()
+        raise error or RunLockedError(f"rank 0 could not lock the run directory {run_dir}")
+    return lock
 
 
 def _finite(value: float) -> float:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from crossattentiondet.studies.state import (
     FAILED,
     FINAL_RESULTS,
     HEARTBEAT_S,
+    INHERITED_TOKEN_ENV,
     LAST_CHECKPOINT,
     QUEUED,
     STDOUT_LOG,
@@ -139,7 +141,9 @@ def execute_run(run_dir: Path, *, env: dict[str, str] | None = None, owner: str 
             log.write(f"=== attempt {time.strftime('%Y-%m-%d %H:%M:%S')}{' (resume)' if resumed else ''}: "
                       f"{' '.join(command)}\n")
             log.flush()
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            # the trainer takes the run's lock too: given this lock's token it joins it instead of refusing it
+            child_env = {**(os.environ if env is None else env), INHERITED_TOKEN_ENV: lock.info.token}
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
         lock.set_child(process.pid)
         if on_process is not None:
             on_process(process)
