@@ -28,6 +28,7 @@ from crossattentiondet.config import ConfigError, ExperimentConfig
 from crossattentiondet.engine.runtime import (
     autocast,
     check_precision,
+    compile_backbone,
     configure_backends,
     peak_memory_mb,
     precision_notes,
@@ -117,9 +118,7 @@ def _prepare(config: ExperimentConfig, num_classes: int, device: torch.device) -
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.train.compile:
-        # only the backbone: its shapes are static per input size, while the detection heads' proposal
-        # counts vary from step to step and would keep recompiling
-        model.backbone = torch.compile(model.backbone)
+        compile_backbone(model, config.train.compile_backend)  # exactly as the trainer does
     return model
 
 

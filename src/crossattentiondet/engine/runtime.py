@@ -105,6 +105,15 @@ def configure_backends(tf32: bool, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def compile_backbone(model: torch.nn.Module, backend: str) -> None:
+    """``torch.compile`` the detector's backbone forward in place (``train.compile``).
+
+    Only the backbone: it sees a few image sizes, while the RPN/RoI heads have data-dependent shapes that
+    would keep recompiling, so they stay eager. Used by training and by ``cadet bench`` alike.
+    """
+    model.backbone.forward = torch.compile(model.backbone.forward, backend=backend, dynamic=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

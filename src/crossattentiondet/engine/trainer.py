@@ -41,6 +41,7 @@ from crossattentiondet.engine.runtime import (
     autocast,
     barrier,
     check_precision,
+    compile_backbone,
     configure_backends,
     init_distributed,
     main_first,
@@ -167,8 +168,7 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
     if cfg_train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg_train.compile:
-        # the backbone sees a few image sizes only; RPN/RoI heads have data-dependent shapes, so stay eager
-        model.backbone.forward = torch.compile(model.backbone.forward, backend=cfg_train.compile_backend, dynamic=True)
+        compile_backbone(model, cfg_train.compile_backend)
     lr = scaled_lr(cfg_train, info.world_size)
     optimizer = build_optimizer(model, cfg_train, lr)
     micro_batches = len(train_loader)
