@@ -788,3 +788,15 @@ def test_quick_study_report_says_it_is_a_smoke_test(tmp_path: Path) -> None:
         fake_finished(run.run_dir, 0.3, 0.3 + 0.01 * run.seed)
     text = write_report(normal).read_text()
     assert "QUICK" not in text and "(quick)" not in text
+
+
+def test_constant_seeds_with_test_sampling_keep_the_seed_degrees_of_freedom() -> None:
+    """Three identical runs per side are not proof of zero seed noise: no normal approximation (p was 1e-23)."""
+    from scipy import stats as st
+
+    comp = aggregate.welch([0.5, 0.5, 0.5], [0.4, 0.4, 0.4], 1e-4, paired=True)
+    t = 0.1 / math.sqrt(1e-4)
+    assert comp.p_value == pytest.approx(2 * st.t.sf(t, 2), rel=1e-6)
+    assert comp.p_value > 1e-3
+    combined = aggregate.describe_combined([0.5, 0.5, 0.5], 1e-4)
+    assert combined.ci_high - combined.ci_low == pytest.approx(2 * st.t.ppf(0.975, 2) * 0.01, rel=1e-6)

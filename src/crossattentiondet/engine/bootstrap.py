@@ -426,7 +426,8 @@ def map_of_weights(matches: DetectionMatches, weights: np.ndarray, metric: Boots
 
 
 # ---------------------------------------------------------------------------------------------- results
-def _percentile_ci(samples: np.ndarray) -> tuple[float, float]:
+def percentile_ci(samples: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval (2.5th, 97.5th) of the finite ``samples``; NaN, NaN when there are none."""
     finite = samples[np.isfinite(samples)]
     if not finite.size:
         return (math.nan, math.nan)
@@ -496,7 +497,7 @@ def bootstrap_map(source: Any, n_boot: int = 1000, *, metric: BootstrapMetric = 
     matches = source if isinstance(source, DetectionMatches) else match_detections(source)
     point = float(map_of_weights(matches, np.ones((1, matches.num_images), np.int32), metric)[0])
     samples = map_of_weights(matches, resample_weights(matches.image_ids, n_boot), metric)
-    return BootstrapResult(metric=metric, point=point, samples=samples, ci95=_percentile_ci(samples),
+    return BootstrapResult(metric=metric, point=point, samples=samples, ci95=percentile_ci(samples),
                            n_images=matches.num_images, n_boot=n_boot,
                            image_ids_hash=image_ids_hash(matches.image_ids))
 
@@ -525,7 +526,7 @@ def paired_difference(a: BootstrapResult, b: BootstrapResult) -> PairedDifferenc
         raise ValueError(f"cannot pair bootstrap results of different metrics ({a.metric} vs {b.metric})")
     n = min(a.n_boot, b.n_boot)
     samples = a.samples[:n] - b.samples[:n]
-    return PairedDifference(point=a.point - b.point, ci95=_percentile_ci(samples), samples=samples)
+    return PairedDifference(point=a.point - b.point, ci95=percentile_ci(samples), samples=samples)
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -549,5 +550,5 @@ def load_run_bootstrap(run_dir: str | Path) -> BootstrapResult | None:
 __all__ = [
     "BOOTSTRAP_FILE", "BootstrapResult", "ClassMatches", "DetectionMatches", "PairedDifference",
     "bootstrap_map", "image_ids_hash", "load_bootstrap", "load_run_bootstrap", "map_of_weights",
-    "match_detections", "paired_difference", "resample_weights", "save_bootstrap",
+    "match_detections", "paired_difference", "percentile_ci", "resample_weights", "save_bootstrap",
 ]

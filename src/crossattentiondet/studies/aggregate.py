@@ -18,7 +18,8 @@ The two terms do not overlap and the second does not shrink with n: on a fixed t
 seeds is training noise only (every seed is scored on the same images, so the test-sampling error is common
 to all of them and cancels out of their spread), and that common error does not average out over seeds for
 the same reason. The interval uses Student t with Welch-Satterthwaite degrees of freedom from the seed term
-(the bootstrap term counted with infinite df; a normal when the seed term is 0), never narrower than the
+(the bootstrap term counted with infinite df; n - 1 when the seed spread is 0, an estimate from n runs
+too), never narrower than the
 seed-only interval (more df can outweigh more variance at a few seeds; see :func:`welch`). Against the
 baseline the bootstrap term is ``var_b(rep_b(config) - rep_b(baseline))`` when both were scored on the
 same test sets (equal sets of hashes: paired, which removes the test-set difficulty both share), else
@@ -54,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crossattentiondet.engine.bootstrap import BOOTSTRAP_FILE
 from crossattentiondet.io import atomic_write_text
 from crossattentiondet.studies.plan import Configuration, PlannedRun, StudyPlan
 from crossattentiondet.studies.state import RunState
@@ -67,7 +69,6 @@ ALPHA = 0.05
 # smallest mAP difference (COCO metrics are 0..1) read as a difference when nothing varies and so nothing can
 # be tested: below it two constant results are the same; above it they differ, untested
 RESOLUTION = 1e-3
-BOOTSTRAP_FILE = "bootstrap_test.json"  # = crossattentiondet.engine.bootstrap.BOOTSTRAP_FILE
 # the original summary CSV named these columns so (run_cssa_ablations.py); other varied keys keep their dotted name
 ORIGINAL_COLUMN_NAMES = {
     "model.fusion.stages": "stages", "model.fusion.cssa.switching_thresh": "threshold",
@@ -240,7 +241,8 @@ def describe_combined(values: list[float], boot_var: float) -> Stats:
         return base
     seed_var = base.std ** 2 / base.n
     total = seed_var + boot_var
-    df = math.inf if seed_var == 0 else total ** 2 / (seed_var ** 2 / (base.n - 1))
+    # a zero seed spread measured on n runs is an estimate too: keep its n - 1 degrees of freedom
+    df = base.n - 1 if seed_var == 0 else total ** 2 / (seed_var ** 2 / (base.n - 1))
     half = max(_quantile(df) * math.sqrt(total), (base.ci_high - base.ci_low) / 2)
     return Stats(base.n, base.mean, base.std, base.mean - half, base.mean + half)
 
@@ -251,7 +253,8 @@ def welch(values: list[float], baseline: list[float], boot_var: float = 0.0, *,
 
     ``boot_var`` is the test-sampling variance of the difference of means (0: seed noise only); it is added
     to Welch's seed term, the degrees of freedom are Welch-Satterthwaite's over the seed terms (the bootstrap
-    term counted with infinite df), and a normal is used when the seed term is 0. Adding that term raises
+    term counted with infinite df), and n - 1 of the smaller side when both seed spreads are 0 (a zero spread
+    seen in 3 runs is no proof of zero noise). Adding that term raises
     the degrees of freedom, which at a few seeds can outweigh the larger variance (a 3-seed t quantile is
     4.30, a normal's 1.96); a noise source added must never make a result look more certain, so the
     interval is never narrower, and p never smaller, than the seed-only ones. When nothing varies at all
@@ -276,7 +279,9 @@ def welch(values: list[float], baseline: list[float], boot_var: float = 0.0, *,
     total = seed_var + boot_var
     if total == 0:
         return Comparison(diff, math.nan, math.nan, math.nan, math.nan, no_variance=True, **extra)
-    df = math.inf if seed_var == 0 else total ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    # both seed spreads 0 (constant runs): still estimated from few runs, so no normal approximation
+    df = (min(len(a), len(b)) - 1 if seed_var == 0
+          else total ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)))
     half = max(_quantile(df) * math.sqrt(total), seed_half)
     p = _two_sided_p(diff / math.sqrt(total), df)
     if math.isfinite(seed_p):
