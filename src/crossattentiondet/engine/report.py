@@ -156,7 +156,10 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
 
     if (run_dir / "metrics.csv").is_file():
         viz.plot_training_curves(run_dir / "metrics.csv", run_dir / "plots" / "training_curves.png")
-    speed = summary.get("speed", {})
+    from crossattentiondet.engine.modelinfo import count_params
+
+    # the parameter count is free; eval.speed=false only skips the timed parts
+    speed = {"params": count_params(model), **summary.get("speed", {})}
     model_block = {"backbone": config.model.backbone, "streams": config.model.streams,
                    "fusion": model.backbone.encoder.plan.describe() if hasattr(model.backbone.encoder, "plan") else "single stream",
                    "num_classes": data.num_classes, "class_names": data.class_names,
