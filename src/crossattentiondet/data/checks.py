@@ -157,10 +157,7 @@ def split_problems(source: DataSource, usable: list[str], config: SplitConfig
                            root=source.root, suffixes=suffixes)
     except DataError as err:
         return None, [Problem("split", where, str(err))]
-    problems = [Problem("few_groups", where, f"the {name} split is empty ({len(usable)} usable frames in "
-                        f"{plan.groups} groups)", severity="warning")
-                for name in plan.wanted if not plan.splits[name]]
-    problems += [Problem("few_groups", where, text, severity="warning") for text in split_warnings(plan)]
+    problems = [Problem("few_groups", where, text, severity="warning") for text in split_warnings(plan)]
     return plan, problems
 
 

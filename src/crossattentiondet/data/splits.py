@@ -240,14 +240,14 @@ def _too_few_sequences(grouping: Grouping, wanted: list[str], frames: int) -> Da
 
 
 def split_warnings(plan: SplitPlan) -> list[str]:
-    """Why a split's numbers will mean little: fewer than MIN_SPLIT_GROUPS independent groups (an empty split
-    is noted by :func:`make_splits` itself)."""
+    """Why a split's numbers will mean little: it is empty, or it holds fewer than MIN_SPLIT_GROUPS independent
+    groups. The one place these warnings are worded (the plan's notes and ``cadet data check`` use them)."""
     out: list[str] = []
     for name in plan.wanted:
         count, frames = plan.group_counts.get(name, 0), len(plan.splits.get(name, []))
         if frames == 0:
-            continue  # make_splits notes empty splits itself
-        if count < MIN_SPLIT_GROUPS:
+            out.append(f"the {name} split is empty ({plan.groups} groups in all)")
+        elif count < MIN_SPLIT_GROUPS:
             use = ("the model learns from few independent scenes" if name == "train" else
                    "its metrics and their confidence intervals say little beyond those few groups")
             out.append(f"the {name} split has only {count} independent group{'' if count == 1 else 's'} "
@@ -332,9 +332,6 @@ def make_splits(stems: list[str], config: SplitConfig, *, partitions: dict[str, 
             notes.append(f"{len(pool)} frames are in no split and are not used")
     splits = {name: fixed.get(name, shared.get(name, [])) for name in SPLITS}
     wanted = [name for name in SPLITS if name in fixed or remaining.get(name, 0) > 0]
-    for name in wanted:
-        if not splits[name]:
-            notes.append(f"the {name} split is empty ({len(stems)} usable frames in {len(groups)} groups)")
     key_of = {s: key for key, members in groups.items() for s in members}
     group_counts = {}
     for name in SPLITS:

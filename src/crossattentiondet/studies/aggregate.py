@@ -55,7 +55,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossattentiondet.engine.bootstrap import BOOTSTRAP_FILE
+import numpy as np
+
+from crossattentiondet.engine.bootstrap import BOOTSTRAP_FILE, BootstrapResult, load_run_bootstrap
 from crossattentiondet.io import atomic_write_text
 from crossattentiondet.studies.plan import Configuration, PlannedRun, StudyPlan
 from crossattentiondet.studies.state import RunState
@@ -118,19 +120,6 @@ class Comparison:
 
 
 @dataclass
-class RunBootstrap:
-    """The part of a run's bootstrap_test.json the study uses."""
-
-    samples: list[float]  # n_boot replicates of the run's test mAP
-    image_ids_hash: str  # runs with equal hashes share resamples (replicate b: the same images)
-    point: float = math.nan
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(_finite_variance(self.samples))
-
-
-@dataclass
 class MeanBootstrap:
     """Bootstrap replicates of a configuration's mean over runs: rep_b = mean_r samples_r[b]."""
 
@@ -153,7 +142,7 @@ class RunRecord:
     run: PlannedRun
     state: RunState
     metrics: dict[str, float]
-    bootstrap: RunBootstrap | None = None
+    bootstrap: BootstrapResult | None = None  # of test mAP; None: no usable bootstrap_test.json
 
 
 @dataclass
@@ -331,25 +320,19 @@ def run_metrics(final: dict[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def load_bootstrap(run_dir: Path | None) -> RunBootstrap | None:
-    """A run's test-set bootstrap of mAP (``bootstrap_test.json``, read by
-    :func:`crossattentiondet.engine.bootstrap.load_run_bootstrap`), or None when it has none or it is
-    unusable (unreadable, another metric, fewer than 2 finite replicates)."""
+def usable_bootstrap(run_dir: Path | None) -> BootstrapResult | None:
+    """A run's test-set bootstrap of mAP (``bootstrap_test.json``), or None when it has none or it is unusable
+    (unreadable, another metric, fewer than 2 finite replicates). NaN replicates (a resample without ground
+    truth) stay in place: replicate b must line up across runs."""
     if run_dir is None or not (Path(run_dir) / BOOTSTRAP_FILE).is_file():
         return None
-    from crossattentiondet.engine.bootstrap import load_run_bootstrap
-
     try:
         result = load_run_bootstrap(Path(run_dir))
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    if result is None or result.metric != "mAP":
+    if result is None or result.metric != "mAP" or np.isfinite(result.samples).sum() < 2:
         return None
-    # NaN (a resample without ground truth) stays in place: replicate b must line up across runs
-    samples = [float(v) for v in result.samples]
-    if sum(1 for v in samples if math.isfinite(v)) < 2:
-        return None
-    return RunBootstrap(samples, str(result.image_ids_hash), _number(result.point))
+    return result
 
 
 def _finite_variance(values: list[float]) -> float:
@@ -395,7 +378,7 @@ def collect(plan: StudyPlan) -> StudyResults:
             state = run.state()
             finished = state.status == "finished"
             mine.append(RunRecord(run, state, run_metrics(state.final if finished else None),
-                                  load_bootstrap(run.run_dir) if finished else None))
+                                  usable_bootstrap(run.run_dir) if finished else None))
         records.extend(mine)
         result = ConfigResult(configuration, mine)
         result.stats = {m: describe(result.values(m)) for m in ALL_METRICS}
