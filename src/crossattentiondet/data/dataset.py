@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +254,11 @@ class EpochBatchSampler(Sampler):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
+def _loader_generator_seed(loader_seed: int, epoch: int) -> int:
+    """Worker seeds of one loader in one epoch: a function of the run seed, split and epoch only."""
+    return (loader_seed * 1_000_003 + epoch) & 0x7FFFFFFFFFFFFFFF
+
+
 def _worker_init(worker_id: int) -> None:
     # each worker decodes one image at a time: nested OpenCV / torch threads would only oversubscribe cores
     import cv2
@@ -281,11 +287,14 @@ class DetectionLoader(DataLoader):
     """A DataLoader with ``set_epoch`` and clean one-line DataErrors from worker processes."""
 
     epoch_sampler: EpochShuffleSampler | None = None
+    loader_seed: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's permutation and augmentation seeds (no-op for evaluation loaders)."""
         if self.epoch_sampler is not None:
             self.epoch_sampler.set_epoch(epoch)
+        if self.generator is not None and self.loader_seed is not None:
+            self.generator.manual_seed(_loader_generator_seed(self.loader_seed, epoch))
 
     def close(self) -> None:
         """Stop persistent worker processes now (they would otherwise live until garbage collection)."""
@@ -387,12 +396,19 @@ class PreparedData:
             batch_sampler = EpochBatchSampler(sampler, batch_size, drop_last)
         workers = settings.num_workers
         pin = settings.pin_memory if settings.pin_memory is not None else torch.cuda.is_available()
+        # The loader's own generator: without one, every new iterator (each epoch, or only the first one with
+        # persistent workers) draws its worker base seed from the global torch RNG, so a resumed process would
+        # consume that RNG differently from the uninterrupted run and shift RPN/RoI sampling and drop-path.
+        loader_seed = seed + zlib.crc32(split.encode())
+        generator = torch.Generator()
+        generator.manual_seed(_loader_generator_seed(loader_seed, 0))
         loader = DetectionLoader(
             dataset, batch_sampler=batch_sampler, collate_fn=detection_collate, num_workers=workers,
             pin_memory=pin, persistent_workers=settings.persistent_workers and workers > 0,
             prefetch_factor=settings.prefetch_factor if workers > 0 else None,
-            worker_init_fn=_worker_init if workers > 0 else None)
+            worker_init_fn=_worker_init if workers > 0 else None, generator=generator)
         loader.epoch_sampler = epoch_sampler
+        loader.loader_seed = loader_seed
         return loader
 
 
