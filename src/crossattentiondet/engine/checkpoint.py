@@ -7,6 +7,7 @@ exactly (raw weights, optimizer, schedule, grad scaler, EMA, RNG states and coun
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,24 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
         raise TrainingError(f"refusing to write {Path(path).name}: non-finite weights in {bad[:3]}; "
                             "the previous checkpoint is kept")
     checkpoint = {"format": FORMAT, "version": VERSION, **checkpoint}
-    atomic_write(path, lambda p: torch.save(checkpoint, p))
+    try:
+        atomic_write(path, lambda p: torch.save(checkpoint, p))
+    except OSError as err:
+        raise TrainingError(f"cannot write {path}: {err.strerror or err}{_free_space(path)}; the previous "
+                            "checkpoint is kept") from None
+    except RuntimeError as err:
+        # torch's zip writer reports a full disk as "[enforce fail at inline_container.cc:...] unexpected pos"
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainingError(f"cannot write {path}: the write failed, most likely the disk is full{_free_space(path)} "
+                            f"(torch: {detail}); the previous checkpoint is kept") from None
+
+
+def _free_space(path: str | Path) -> str:
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return ""
+    return f" ({free / 2**20:.0f} MiB free there)"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

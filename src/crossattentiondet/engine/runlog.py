@@ -67,19 +67,41 @@ class RunLog:
             self.echo(message)
 
     # ------------------------------------------------------------------------------------ epoch metrics
-    def resume_from(self, completed_epochs: int) -> None:
-        """Keep the rows of epochs already completed (a resumed run continues metrics.csv)."""
-        path = self.run_dir / "metrics.csv"
-        if not self.enabled or not path.is_file():
+    @property
+    def epoch_rows(self) -> list[dict[str, Any]]:
+        """The rows of metrics.csv so far (saved in last.pt, so a kill before the CSV write loses nothing)."""
+        return list(self._epoch_rows)
+
+    def resume_from(self, completed_epochs: int, rows: list[dict[str, Any]] | None = None) -> None:
+        """Continue metrics.csv after ``completed_epochs``, rewriting it at once.
+
+        ``rows`` are the rows saved in last.pt; they replace the file's (which may lack the last epoch when
+        the process was killed between the checkpoint and the CSV write). Older checkpoints without rows keep
+        the file's rows of completed epochs.
+        """
+        if not self.enabled:
             return
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        self._epoch_rows = [r for r in rows if r.get("epoch") and int(r["epoch"]) <= completed_epochs]
+        if rows is None:
+            path = self.run_dir / "metrics.csv"
+            if not path.is_file():
+                return
+            with path.open(newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        self._epoch_rows = [dict(r) for r in rows if r.get("epoch") and int(r["epoch"]) <= completed_epochs]
+        self._write_epoch_csv()
 
     def epoch(self, row: dict[str, Any], step: int) -> None:
         if not self.enabled:
             return
         self._epoch_rows.append(row)
+        self._write_epoch_csv()
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}
+        self.scalars({f"epoch/{k}": v for k, v in numbers.items()}, step)
+        if self._mlflow is not None:
+            self._mlflow.log_metrics({k: float(v) for k, v in numbers.items() if math.isfinite(float(v))},
+                                     step=int(row["epoch"]))
+
+    def _write_epoch_csv(self) -> None:
         extra = sorted({k for r in self._epoch_rows for k in r} - set(EPOCH_COLUMNS))
         columns = EPOCH_COLUMNS + extra
         buffer = io.StringIO()
@@ -94,11 +116,6 @@ class RunLog:
                 alias.symlink_to("metrics.csv")
             except OSError:
                 pass
-        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}
-        self.scalars({f"epoch/{k}": v for k, v in numbers.items()}, step)
-        if self._mlflow is not None:
-            self._mlflow.log_metrics({k: float(v) for k, v in numbers.items() if math.isfinite(float(v))},
-                                     step=int(row["epoch"]))
 
     # ---------------------------------------------------------------------------------------- per batch
     def batch(self, row: dict[str, Any]) -> None:

@@ -52,6 +52,7 @@ from crossattentiondet.engine.runtime import (
     set_rng_state,
 )
 from crossattentiondet.errors import RunLockedError, TrainingError
+from crossattentiondet.io import remove_stale_temp_files
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 # keys that may change when a run is resumed (they do not change what is being trained)
@@ -119,6 +120,9 @@ def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False,
             raise ConfigError(f"run directory {run_dir} already has a checkpoint: continue it with --resume, or "
                               "choose another name=... / output.root=...")
 
+        if info.is_main:  # a process killed mid-write leaves hidden temp files; this run owns the folder now
+            for folder in (run_dir, run_dir / "checkpoints", run_dir / "plots"):
+                remove_stale_temp_files(folder)
         log = RunLog(run_dir, info.is_main, tensorboard=user_config.output.tensorboard,
                      iteration_csv=user_config.train.iteration_csv, mlflow=user_config.output.mlflow, echo=echo)
         if (note := takeover_message(lock)) is not None:
@@ -196,7 +200,7 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
             ema.load_state_dict(training["ema"])
         state = TrainState(**training["state"])
         set_rng_state(training["rng"])
-        log.resume_from(state.epoch)
+        log.resume_from(state.epoch, training.get("metrics_rows"))
         log.info(f"resumed from {checkpoint['path']} after epoch {state.epoch} (step {state.global_step})")
     else:
         log.params(_flatten(config_to_dict(config)))
@@ -252,6 +256,8 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "rng": rng_state(), "state": asdict(state), "user_config": config_to_dict(user_config),
+                # the epoch rows travel with the checkpoint: a kill before metrics.csv is written loses none
+                "metrics_rows": [*log.epoch_rows, row],
             }
             save_checkpoint(ckpt_dir / "last.pt", last)
             every = cfg_train.checkpoint_every
@@ -290,6 +296,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
     accumulation = cfg.accumulation
     full_groups = micro_batches // accumulation
     trainable = [p for p in model.parameters() if p.requires_grad]
+    norm_stats = BatchNormGuard(model)
     sums = dict.fromkeys(("loss", *LOSS_KEYS), 0.0)
     counted = 0
     images_seen = 0
@@ -311,11 +318,14 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                 targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
                 group_stems += [m["stem"] for m in metas]
                 sync = contextlib.nullcontext() if (last_in_group or not info.enabled) else ddp_model.no_sync()
+                norm_stats.snapshot()
                 with sync:
                     with autocast(device, cfg.precision):
                         losses = ddp_model(images, targets)
                     loss = sum(losses.values())
-                    finite = _all_ranks_true(bool(torch.isfinite(loss).item()), info, device)
+                    finite = _all_ranks_true(bool(torch.isfinite(loss).item()) and norm_stats.finite(), info, device)
+                    if not finite:  # a skipped batch leaves no trace, BatchNorm running statistics included
+                        norm_stats.restore()
                     if finite:
                         scaler.scale(loss / group_size).backward()
                         for key in LOSS_KEYS:
@@ -346,7 +356,8 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                 skipped += 1
                 state.skipped_total += 1
                 state.bad_streak += 1
-                log.info(f"epoch {epoch + 1} iteration {i + 1}: non-finite loss or gradient, update skipped "
+                log.info(f"epoch {epoch + 1} iteration {i + 1}: non-finite loss, gradient or BatchNorm statistics, "
+                         "update skipped "
                          f"({state.bad_streak} in a row); batch files: {', '.join(group_stems[:8])}")
                 if state.bad_streak >= cfg.max_nonfinite:
                     raise TrainingError(
@@ -378,6 +389,35 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
 
 
 # --------------------------------------------------------------------------------------------- helpers
+class BatchNormGuard:
+    """Snapshot and restore BatchNorm running statistics around one training forward pass.
+
+    A forward pass in train mode updates ``running_mean``/``running_var`` before the loss is known; a batch
+    that is skipped because its loss is non-finite (or whose statistics overflowed) must not leave them
+    poisoned, or every later evaluation would be NaN while the weights are fine.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = [buf for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                        for buf in (module.running_mean, module.running_var, module.num_batches_tracked)
+                        if buf is not None]
+        self.saved: list[torch.Tensor] = []
+
+    def snapshot(self) -> None:
+        self.saved = [buf.detach().clone() for buf in self.buffers]
+
+    def finite(self) -> bool:
+        floats = [buf for buf in self.buffers if buf.is_floating_point()]
+        if not floats:
+            return True
+        return bool(torch.stack([torch.isfinite(buf).all() for buf in floats]).all().item())
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for buf, saved in zip(self.buffers, self.saved, strict=True):
+            buf.copy_(saved)
+
+
 def _evaluate(model: nn.Module, loader: Any, device: torch.device, config: ExperimentConfig, class_names: list[str],
               info: DistInfo) -> Any:
     from crossattentiondet.engine.evaluate import evaluate
