@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,16 @@ def test_every_problem_kind_is_reachable(broken_folders: Path, trees) -> None:
     kinds |= {p.kind for p in check_dataset(clips, check_split=True).problems}
     kinds |= {p.kind for p in check_dataset(trees.folders("one", frames=trees.default_frames(3)),
                                             check_split=True).problems}
+    # class and id lists naming one thing twice, and a scale from the metadata file that the pixels exceed
+    kinds |= {p.kind for p in check_dataset(trees.folders("twice", classes=["car", "car"])).problems}
+    coco = trees.folders("ids", labels="coco")
+    data = json.loads((coco / "annotations.json").read_text())
+    data["images"][1]["id"] = data["images"][0]["id"]
+    (coco / "annotations.json").write_text(json.dumps(data))
+    kinds |= {p.kind for p in check_dataset(coco).problems}
+    declared = trees.folders("declared", frames=trees.default_frames(2))
+    (declared / "synth.json").write_text(json.dumps({"modalities": [{"name": "thermal", "scale": 255}]}))
+    kinds |= {p.kind for p in check_dataset(declared).problems}
     assert kinds == set(PROBLEM_KINDS)
 
 
@@ -164,6 +175,7 @@ def test_train_refuses_bad_data_or_skips_it(broken_folders: Path, tmp_path: Path
     with pytest.raises(DataError) as info:
         prepare_data(config, **QUIET)
     message = str(info.value)
+    assert "\n" not in message  # the CLI prints it as one `error:` line
     assert "data check of" in message and "11 errors in 10 frames" in message
     assert "badline.txt: line 1" in message and "data.on_error=skip" in message and "... and 6 more" in message
     logged: list[str] = []
@@ -213,3 +225,68 @@ def test_check_reports_a_split_that_cannot_be_made(trees) -> None:
     report = check_dataset(root, blocks, check_split=True)
     assert report.ok and report.split is not None and sum(report.split.dropped_counts().values()) > 0
     assert any("frames left out by the gap (data.split.gap=1)" in n for n in report.notes)
+
+
+def test_scale_from_the_metadata_file_is_checked_against_the_pixels(trees) -> None:
+    root = trees.folders(frames=trees.default_frames(3))
+    write_image(root / "rgb" / "frame001.png", np.full((32, 48, 3), 40000, np.uint16))
+    write_image(root / "rgb" / "frame002.png", np.full((32, 48, 3), 200, np.uint16))  # 16-bit, within 255
+    (root / "synth.json").write_text(json.dumps({"modalities": [{"name": "rgb", "scale": 255}]}))
+    report = check_dataset(root)
+    (error,) = report.errors
+    assert error.kind == "above_scale" and error.stem == "frame001" and error.path.endswith("frame001.png")
+    assert "uint16 values up to 40000 above the declared scale 255 of modality 'rgb' (synth.json)" in str(error)
+    (mixed,) = [p for p in report.warnings if p.kind == "mixed_depth"]
+    assert "mixed 8-bit and 16-bit files for modality 'rgb': 2 16-bit files" in str(mixed)
+    assert report.scales["rgb"] == 255.0
+    # a frame with values above the scale is skippable like any bad frame
+    skip = prepare_data(ExperimentConfig(data=DataConfig(root=str(root), on_error="skip")), **QUIET)
+    assert skip.skipped == 1 and "frame001" not in {s for v in skip.splits.values() for s in v}
+    # the config's scale is the user's word: not checked against the pixels
+    data = DataConfig.model_validate({"modalities": [
+        {"name": "rgb", "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "scale": 255},
+        {"name": "thermal", "channels": 1, "mean": [0.5], "std": [0.5]}]})
+    assert check_dataset(root, data).ok
+
+
+def test_declared_scale_above_255_does_not_hide_8_bit_files(trees) -> None:
+    root = trees.folders(frames=trees.default_frames(3))
+    for stem in ("frame000", "frame001"):  # 14-bit counts in 16-bit files
+        write_image(root / "thermal" / f"{stem}.png", np.full((32, 48), 9000, np.uint16))
+    write_image(root / "thermal" / "frame002.png", np.zeros((32, 48), np.uint8))
+    (root / "cadet_data.json").write_text(json.dumps({"modalities": [{"name": "thermal", "scale": 16383}]}))
+    report = check_dataset(root)
+    assert [(p.kind, p.stem) for p in report.errors] == [("mixed_depth", "frame002")]
+    assert "frame002.png: mixed 8-bit and 16-bit files for modality 'thermal'" in str(report.errors[0])
+    assert "declared scale is 16383 (cadet_data.json)" in str(report.errors[0])
+    with pytest.raises(DataError, match="mixed 8-bit and 16-bit"):
+        resolve_modality_scales(open_source(root))
+
+
+def test_duplicate_class_and_id_lists_are_data_set_wide_errors(trees) -> None:
+    root = trees.folders(classes=["car", "person", "car"])
+    report = check_dataset(root)
+    (problem,) = report.fatal
+    assert problem.kind == "duplicate_class" and problem.path == str(root / "classes.txt")
+    assert "'car' (lines 1, 3)" in str(problem)
+    assert not any(p.kind == "missing_label" for p in report.problems)  # the labels themselves are fine
+    coco = trees.folders("coco", labels="coco")
+    data = json.loads((coco / "annotations.json").read_text())
+    data["categories"].append({"id": 1, "name": "truck"})
+    (coco / "annotations.json").write_text(json.dumps(data))
+    (problem,) = check_dataset(coco).fatal
+    assert problem.kind == "duplicate_id" and "category ids listed more than once" in str(problem)
+    assert "1 (names 'person', 'truck')" in str(problem)
+    # names from data.names: the file's class list is not used, so its repetitions do not matter
+    assert check_dataset(root, DataConfig(names=["person", "car"])).ok
+
+
+def test_no_box_warning_only_without_boxes_and_without_fatal_errors(trees) -> None:
+    frames = {f"frame{i:03d}": [] for i in range(3)}
+    report = check_dataset(trees.folders("none", frames=frames))
+    assert [p.kind for p in report.warnings] == ["no_boxes"] and report.ok
+    assert "not a single box in the 3 readable frames" in str(report.warnings[0])
+    assert not [p for p in check_dataset(trees.folders("some")).problems if p.kind == "no_boxes"]
+    broken = trees.folders("broken", frames=frames, labels="coco")
+    (broken / "annotations.json").write_text("{not json")
+    assert [p.kind for p in check_dataset(broken).problems] == ["unreadable"]

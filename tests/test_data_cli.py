@@ -48,6 +48,21 @@ def test_check_command(trees, capsys) -> None:
     assert report["problems"][0]["stem"] == "frame001" and report["ok"] is False
 
 
+def test_check_command_json_names_the_new_problem_kinds(trees, capsys) -> None:
+    root = trees.folders(frames={f"frame{i:03d}": [] for i in range(3)}, classes=["car", "car"])
+    assert main(["data", "check", str(root), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    kinds = {(p["kind"], p["severity"], p["stem"]) for p in report["problems"]}
+    assert ("duplicate_class", "error", None) in kinds
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "1 errors (data-set wide)" in out  # not "1 errors in 0 frames"
+    (root / "classes.txt").write_text("car\n")
+    assert main(["data", "check", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [p["kind"] for p in report["problems"] if p["kind"] == "no_boxes"] == ["no_boxes"]
+
+
 def test_check_command_layout_and_config(trees, tmp_path: Path, capsys) -> None:
     frames = {"010001": [(0, 0.5, 0.5, 0.5, 0.5)], "010002": []}
     root = trees.folders(frames=frames, folder_of={"rgb": "visible", "thermal": "infrared"},

@@ -179,6 +179,46 @@ def test_yolo_names_from_config_classes_txt_or_ids(trees) -> None:
     assert open_source(root).class_names == ["p", "q", "r"]
 
 
+def test_label_text_with_a_byte_order_mark(trees) -> None:
+    bom = b"\xef\xbb\xbf"
+    root = trees.folders(frames={"a": [(1, 0.5, 0.5, 0.5, 0.5)]})
+    for path in (root / "classes.txt", root / "labels" / "a.txt"):
+        path.write_bytes(bom + path.read_bytes())
+    source = open_source(root)
+    assert source.class_names == ["person", "car"]  # not '\ufeffperson'
+    assert source.read("a").labels.tolist() == [2]
+    coco = trees.folders("coco", frames={"a": [(0, 0.5, 0.5, 0.5, 0.5)]}, labels="coco")
+    (coco / "annotations.json").write_bytes(bom + (coco / "annotations.json").read_bytes())
+    assert open_source(coco).read("a").labels.tolist() == [1]
+
+
+def test_npy_header_is_validated_before_loading(tmp_path: Path) -> None:
+    from crossattentiondet.data.imageio import ImageFileError, read_npy_file
+
+    good = np.arange(32 * 48 * 2, dtype=np.uint16).reshape(32, 48, 2)
+    np.save(tmp_path / "c.npy", good)
+    np.save(tmp_path / "f.npy", np.asfortranarray(good))
+    with open(tmp_path / "v2.npy", "wb") as handle:  # version 2.0 header
+        np.lib.format.write_array(handle, good, version=(2, 0))
+    for name in ("c", "f", "v2"):
+        np.testing.assert_array_equal(read_npy_file(tmp_path / f"{name}.npy"), good)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ImageFileError, match="array of Python objects") as info:
+        read_npy_file(tmp_path / "obj.npy")
+    assert info.value.kind == "bad_dtype"
+    data = (tmp_path / "c.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[:-1])
+    with pytest.raises(ImageFileError, match=r"cut.npy: unreadable or truncated .npy file: its header says shape "
+                                             r"\(32, 48, 2\) uint16 \(6144 bytes\), the file holds 6143 bytes"):
+        read_npy_file(tmp_path / "cut.npy")
+    (tmp_path / "head.npy").write_bytes(data[:20])  # magic string, then a cut header
+    with pytest.raises(ImageFileError, match="head.npy: not a valid .npy file"):
+        read_npy_file(tmp_path / "head.npy")
+    (tmp_path / "text.npy").write_text("not an array at all")
+    with pytest.raises(ImageFileError, match=r"text.npy: not a valid .npy file \(no NumPy header\)"):
+        read_npy_file(tmp_path / "text.npy")
+
+
 # ------------------------------------------------------------------------------------ presets
 def test_llvip_preset(trees) -> None:
     frames = {f"{i:06d}": [(0, 0.5, 0.5, 0.25, 0.5)] for i in (10001, 10002, 10003, 10004, 190001, 190002)}

@@ -75,17 +75,18 @@ class CheckReport:
         bad = len(self.bad_stems)
         text = (f"{self.frames} frames ({self.layout} layout, modalities {', '.join(self.modalities)}, "
                 f"{len(self.class_names)} classes): {len(self.errors)} errors")
-        if self.errors:
+        if self.errors and not bad:
+            text += " (data-set wide)"
+        elif self.errors:
             text += f" in {bad} frames" + (f" + {len(self.fatal)} data-set wide" if self.fatal else "")
         return text + f", {len(self.warnings)} warnings"
 
     def describe_errors(self, limit: int = 5) -> str:
-        """Summary line plus the first ``limit`` errors, indented (for error messages)."""
-        lines = [self.summary()]
-        lines += [f"  {p}" for p in self.errors[:limit]]
+        """Summary plus the first ``limit`` errors, on one line (for DataError messages)."""
+        parts = [str(p) for p in self.errors[:limit]]
         if len(self.errors) > limit:
-            lines.append(f"  ... and {len(self.errors) - limit} more (cadet data check {self.root})")
-        return "\n".join(lines)
+            parts.append(f"... and {len(self.errors) - limit} more (cadet data check {self.root})")
+        return self.summary() + (": " + "; ".join(parts) if parts else "")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``cadet data check --json``)."""
@@ -103,7 +104,7 @@ class CheckReport:
 
 
 def _scan(source: DataSource, stem: str) -> tuple[FrameInfo, list[Problem]]:
-    _, info, problems = source.load(stem)  # the pixels are dropped here: only what was learnt is kept
+    _, info, problems = source.load(stem, peaks=True)  # the pixels are dropped here: only what was learnt is kept
     return info, problems
 
 
@@ -118,21 +119,56 @@ def scan_frames(source: DataSource, stems: Iterable[str], workers: int | None = 
         return list(pool.map(lambda s: _scan(source, s), stems, chunksize=8))
 
 
+def _declared_scale_problems(source: DataSource, modality: str, scale: float, infos: dict[str, FrameInfo],
+                             by_dtype: dict[str, list[str]]) -> list[Problem]:
+    """A scale from the data set's metadata file does not vouch for the files: values above it, and 8-bit
+    files among 16-bit ones (which a scale above 255 would read far too dark), are still problems."""
+    where = source.metadata_path.name if source.metadata_path is not None else "the data set's metadata file"
+    problems = []
+    for stem, info in infos.items():
+        peak = info.peaks.get(modality)
+        if peak is not None and peak > scale:
+            problems.append(Problem("above_scale", str(source.modality_file(stem, modality)),
+                                    f"{info.dtypes[modality]} values up to {peak} above the declared scale {scale:g} "
+                                    f"of modality '{modality}' ({where})", stem))
+    if len(by_dtype) > 1:
+        wide = by_dtype.get("uint16", [])
+        example = source.modality_file(wide[0], modality) if wide else None
+        if scale > 255:
+            for stem in by_dtype.get("uint8", []):
+                problems.append(Problem(
+                    "mixed_depth", str(source.modality_file(stem, modality)),
+                    f"mixed 8-bit and 16-bit files for modality '{modality}': an 8-bit file, but {len(wide)} files are "
+                    f"16-bit (e.g. {example}) and the declared scale is {scale:g} ({where}); convert it to 16 bits",
+                    stem))
+        else:  # 16-bit files read on an 8-bit scale are fine while their values stay below it (checked above)
+            folder = source.modality_file(wide[0], modality).parent if wide else source.root
+            problems.append(Problem(
+                "mixed_depth", str(folder), f"mixed 8-bit and 16-bit files for modality '{modality}': {len(wide)} "
+                f"16-bit files (e.g. {example}), read on the declared scale {scale:g} ({where})", severity="warning"))
+    return problems
+
+
 def scale_problems(source: DataSource, infos: dict[str, FrameInfo]) -> tuple[dict[str, float], list[Problem]]:
-    """Per-modality scale (config, else the data set's metadata, else the dtype max) and mixed-depth problems."""
+    """Per-modality scale (config, else the data set's metadata, else the dtype max) and mixed-depth problems.
+
+    A scale from the metadata file is checked against the files (values above it, mixed depths); a scale
+    from the config is the user's word.
+    """
     scales: dict[str, float] = {}
     problems: list[Problem] = []
     for index, m in enumerate(source.modalities):
         if m.scale is not None:
             scales[m.name] = float(m.scale)
             continue
-        if m.name in source.scale_hints:
-            scales[m.name] = source.scale_hints[m.name]
-            continue
         by_dtype: dict[str, list[str]] = {}
         for stem, info in infos.items():
             if m.name in info.dtypes:
                 by_dtype.setdefault(info.dtypes[m.name], []).append(stem)
+        if m.name in source.scale_hints:
+            scales[m.name] = source.scale_hints[m.name]
+            problems += _declared_scale_problems(source, m.name, scales[m.name], infos, by_dtype)
+            continue
         if len(by_dtype) > 1:
             parts = [f"{len(stems)} {dtype} files (e.g. {source.modality_file(stems[0], m.name)})"
                      for dtype, stems in sorted(by_dtype.items())]
@@ -145,6 +181,21 @@ def scale_problems(source: DataSource, infos: dict[str, FrameInfo]) -> tuple[dic
             dtype = next(iter(by_dtype), "uint8")
             scales[m.name] = DTYPE_SCALE[dtype]
     return scales, problems
+
+
+def no_boxes_problems(source: DataSource, report: CheckReport) -> list[Problem]:
+    """A warning when the readable frames hold not a single box: training would learn nothing and report
+    mAP NaN without complaint (labels in the wrong folder, every class id unnamed, empty label files)."""
+    if not source.require_labels or report.fatal:  # a broken label file says more than "no boxes" would
+        return []
+    bad = report.bad_stems
+    readable = [stem for stem, info in report.infos.items() if stem not in bad]
+    if not readable or any(report.infos[stem].boxes for stem in readable):
+        return []
+    return [Problem("no_boxes", str(source.labels.path),
+                    f"not a single box in the {len(readable)} readable frames: training would learn nothing (mAP "
+                    f"NaN); check the labels and the class names ({source.labels.names_source or 'none'})",
+                    severity="warning")]
 
 
 def split_problems(source: DataSource, usable: list[str], config: SplitConfig
@@ -193,6 +244,7 @@ def check_dataset(source: DataSource | str | Path, data: DataConfig | None = Non
     report = CheckReport(root=str(source.root), layout=source.layout, modalities=source.modality_names,
                          class_names=list(source.class_names), frames=len(source.stems), problems=problems,
                          infos=infos, scales=scales, notes=list(source.notes))
+    report.problems += no_boxes_problems(source, report)
     if check_split:
         config = data if data is not None else DataConfig()
         bad = report.bad_stems  # what data.on_error=skip leaves out (with "fail" training would not start)
@@ -209,13 +261,15 @@ def check_dataset(source: DataSource | str | Path, data: DataConfig | None = Non
 
 def resolve_modality_scales(source: DataSource, infos: dict[str, FrameInfo] | None = None) -> dict[str, float]:
     """Explicit scale per modality: ``scale`` from the config, else from the data set's metadata file, else
-    255.0 or 65535.0 from the dtype of the modality's files. DataError if a modality mixes 8- and 16-bit files.
+    255.0 or 65535.0 from the dtype of the modality's files. DataError if a modality mixes 8- and 16-bit files
+    (or, with a scale from the metadata file, has values above it).
 
     ``infos`` (from a check) avoids reading the files again.
     """
     if infos is None:
         infos = {info.stem: info for info, _ in scan_frames(source, source.stems)}
     scales, problems = scale_problems(source, infos)
-    if problems:
-        raise DataError(str(problems[0]))
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise DataError(str(errors[0]))
     return scales

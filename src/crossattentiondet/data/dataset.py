@@ -518,6 +518,9 @@ def prepare_data(config: ExperimentConfig, run_dir: Path | None = None, log: Cal
     if report.fatal or (report.errors and data.on_error == "fail"):
         hint = "" if report.fatal else "; fix them or set data.on_error=skip to leave those frames out"
         raise DataError(f"data check of {root} failed{hint}: {report.describe_errors()}")
+    for problem in report.warnings:
+        if problem.kind == "no_boxes":  # never only an "e.g.": this one makes the whole run meaningless
+            log(f"data: warning: {problem}")
     if report.warnings:
         log(f"data: {len(report.warnings)} warnings, e.g. {report.warnings[0]}")
     bad = report.bad_stems

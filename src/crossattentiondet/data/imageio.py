@@ -6,6 +6,8 @@ Every failure raises :class:`~crossattentiondet.errors.DataError` whose message 
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +53,32 @@ def opencv_quiet() -> Iterator[None]:
         logging.setLogLevel(level)
 
 
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link whose target does not exist (listed with the files, so that it is reported by name)."""
+    return path.is_symlink() and not path.exists()
+
+
+def is_listed_file(path: Path) -> bool:
+    """A regular file, or a broken link in its place (reading it then says the link is broken)."""
+    return path.is_file() or is_broken_link(path)
+
+
+def broken_link_detail(path: Path) -> str:
+    """What to say about a broken link: where it points."""
+    try:
+        target = os.readlink(path)
+    except OSError:  # pragma: no cover - it was a link a moment ago
+        target = "?"
+    return f"broken symbolic link: it points to {target}, which does not exist"
+
+
+def unreadable_detail(path: Path, err: OSError) -> str:
+    """Why a file could not be opened: a broken link, or the OS's reason."""
+    if is_broken_link(Path(path)):
+        return broken_link_detail(path)
+    return f"unreadable file ({err.strerror or err})"
+
+
 def read_image_file(path: Path) -> np.ndarray:
     """Decode an image file to (H, W) or (H, W, C) in file order RGB(A), keeping 8 or 16 bits.
 
@@ -59,7 +87,7 @@ def read_image_file(path: Path) -> np.ndarray:
     try:
         raw = Path(path).read_bytes()
     except OSError as err:
-        raise ImageFileError(path, f"unreadable file ({err.strerror or err})") from None
+        raise ImageFileError(path, unreadable_detail(path, err)) from None
     if not raw:
         raise ImageFileError(path, "unreadable file (empty)")
     # decoding from bytes (not cv2.imread) works with any path encoding and reads the file once
@@ -77,13 +105,57 @@ def read_image_file(path: Path) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def read_npy_file(path: Path) -> np.ndarray:
-    """Load an original-layout frame: (H, W, C) uint8 or uint16 (a 2-D array counts as one channel)."""
+def _npy_header(handle, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a ``.npy`` header, checked against the file size before anything is allocated:
+    a corrupt header claiming (100000, 100000, 5) in a tiny file must be a problem of that file, not a
+    MemoryError that stops the whole check."""
+    fmt = np.lib.format
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
+        version = fmt.read_magic(handle)
+    except ValueError:
+        raise ImageFileError(path, "not a valid .npy file (no NumPy header)") from None
+    try:
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(handle)
+        elif version == (3, 0):  # UTF-8 field names: no public header reader; np.load checks it
+            return (), np.dtype(np.uint8)
+        else:
+            raise ImageFileError(path, f"not a valid .npy file (unknown format version {version[0]}.{version[1]})")
+    except (ValueError, SyntaxError, TypeError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageFileError(path, f"not a valid .npy file (bad header: {message})") from None
+    if dtype.hasobject:
+        raise ImageFileError(path, "array of Python objects (pickled data); expected uint8 or uint16", "bad_dtype")
+    needed = math.prod(shape) * dtype.itemsize
+    held = os.fstat(handle.fileno()).st_size - handle.tell()
+    if needed > held:
+        raise ImageFileError(path, f"unreadable or truncated .npy file: its header says shape {tuple(shape)} "
+                             f"{dtype} ({needed} bytes), the file holds {held} bytes of data")
+    return tuple(shape), dtype
+
+
+def read_npy_file(path: Path) -> np.ndarray:
+    """Load an original-layout frame: (H, W, C) uint8 or uint16 (a 2-D array counts as one channel).
+
+    The header is validated first (magic string, shape and dtype against the file size).
+    """
+    shape: tuple[int, ...] = ()
+    try:
+        with open(path, "rb") as handle:
+            shape, _ = _npy_header(handle, path)
+            handle.seek(0)
+            array = np.load(handle, allow_pickle=False)
+    except ImageFileError:
+        raise
+    except OSError as err:
+        raise ImageFileError(path, unreadable_detail(path, err)) from None
+    except (ValueError, EOFError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageFileError(path, f"unreadable or truncated .npy file ({message})") from None
+    except MemoryError:
+        raise ImageFileError(path, f"array of shape {shape} is too large to load") from None
     if not isinstance(array, np.ndarray):
         raise ImageFileError(path, "not a single array")
     if array.ndim == 2:

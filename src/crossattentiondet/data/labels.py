@@ -32,12 +32,15 @@ from typing import Literal
 
 import numpy as np
 
+from crossattentiondet.data.imageio import broken_link_detail, is_broken_link, is_listed_file
 from crossattentiondet.data.problems import Problem
 from crossattentiondet.errors import DataError
 
 LabelFormat = Literal["yolo", "coco", "voc"]
 NORMALISED_TOLERANCE = 1e-3  # YOLO: 0.1 % of the image side
 PIXEL_TOLERANCE = 1.0  # COCO/VOC: one pixel (or 0.1 % of the side, whichever is larger)
+# Label text is read as UTF-8 with an optional byte-order mark (Windows editors write one): "utf-8-sig".
+TEXT_ENCODING = "utf-8-sig"
 
 
 @dataclass
@@ -91,13 +94,26 @@ def load_labels(path: Path, fmt: LabelFormat) -> LabelSet:
 def _files_by_stem(folder: Path, suffix: str, labels: LabelSet) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.suffix.lower() != suffix or p.name == "classes.txt":
+        if not is_listed_file(p) or p.suffix.lower() != suffix or p.name == "classes.txt":
             continue
         if p.stem in found:
             labels.duplicates.setdefault(p.stem, [str(found[p.stem])]).append(str(p))
             continue
         found[p.stem] = p
     return found
+
+
+def _unreadable(path: Path, what: str, err: Exception) -> Problem:
+    detail = broken_link_detail(path) if is_broken_link(path) else f"unreadable {what} ({err})"
+    return Problem("unreadable", str(path), detail)
+
+
+def _listing(groups: dict[object, list[str]], unit: str = "", limit: int = 5) -> str:
+    """``'car' (lines 1, 2), ...`` for the first ``limit`` duplicated keys (one line)."""
+    prefix = f"{unit} " if unit else ""
+    items = [f"{key!r} ({prefix}{', '.join(where)})" for key, where in list(groups.items())[:limit]]
+    more = f" and {len(groups) - limit} more" if len(groups) > limit else ""
+    return ", ".join(items) + more
 
 
 def _finite(values: list[float]) -> bool:
@@ -110,9 +126,9 @@ def _load_yolo(folder: Path) -> LabelSet:
         frame = FrameLabels(str(path), normalised=True)
         labels.frames[stem] = frame
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding=TEXT_ENCODING)
         except (OSError, UnicodeDecodeError) as err:
-            frame.problems.append(Problem("unreadable", str(path), f"unreadable label file ({err})"))
+            frame.problems.append(_unreadable(path, "label file", err))
             continue
         boxes = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -154,6 +170,10 @@ def _load_yolo(folder: Path) -> LabelSet:
     return labels
 
 
+def _is_id(value: object) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -163,23 +183,31 @@ def _number(value: object) -> float | None:
 def _load_coco(path: Path) -> LabelSet:
     labels = LabelSet("coco", path, {})
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding=TEXT_ENCODING))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         labels.problems.append(Problem("unreadable", str(path), f"unreadable COCO file ({err})"))
         return labels
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         labels.problems.append(Problem("bad_label", str(path), "not a COCO file: no 'images' list"))
         return labels
+    category_ids: dict[int, list[str]] = {}
     for cat in data.get("categories") or []:
         if isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str):
-            labels.categories[cat["id"]] = cat["name"]
+            category_ids.setdefault(cat["id"], []).append(repr(cat["name"]))
+            labels.categories.setdefault(cat["id"], cat["name"])  # the first entry of a repeated id counts
         else:
             labels.problems.append(Problem("bad_label", str(path), f"category without integer id and name: {cat!r}"))
+    repeated = {cid: names for cid, names in category_ids.items() if len(names) > 1}
+    if repeated:
+        labels.problems.append(Problem("duplicate_id", str(path), "category ids listed more than once in "
+                                       f"'categories': {_listing(repeated, 'names')}; give each category its own id"))
     by_id: dict[object, FrameLabels] = {}
+    image_names: dict[object, list[str]] = {}
     for entry in data["images"]:
-        if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("file_name"), str):
+        if not isinstance(entry, dict) or not _is_id(entry.get("id")) or not isinstance(entry.get("file_name"), str):
             labels.problems.append(Problem("bad_label", str(path), f"image entry without id and file_name: {entry!r}"))
             continue
+        image_names.setdefault(entry["id"], []).append(entry["file_name"])
         stem = Path(entry["file_name"]).stem
         width, height = entry.get("width"), entry.get("height")
         size = (int(width), int(height)) if isinstance(width, int) and isinstance(height, int) else None
@@ -188,7 +216,12 @@ def _load_coco(path: Path) -> LabelSet:
             labels.duplicates.setdefault(stem, [labels.frames[stem].path]).append(frame.path)
             continue
         labels.frames[stem] = frame
-        by_id[entry["id"]] = frame
+        by_id.setdefault(entry["id"], frame)
+    shared = {image_id: names for image_id, names in image_names.items() if len(names) > 1}
+    if shared:
+        # their annotations cannot be told apart: they all go to the first image of the id
+        labels.problems.append(Problem("duplicate_id", str(path), "image ids used by more than one entry of "
+                                       f"'images': {_listing(shared)}; give each image its own id"))
     boxes: dict[int, list[tuple[float, float, float, float]]] = {}
     for ann in data.get("annotations") or []:
         if not isinstance(ann, dict):
@@ -241,7 +274,7 @@ def _load_voc(folder: Path) -> LabelSet:
         try:
             root = ET.parse(path).getroot()
         except (OSError, ET.ParseError) as err:
-            frame.problems.append(Problem("unreadable", str(path), f"unreadable VOC XML ({err})"))
+            frame.problems.append(_unreadable(path, "VOC XML", err))
             continue
         size = root.find("size")
         width, height = _xml_number(size, "width"), _xml_number(size, "height")
@@ -272,9 +305,36 @@ def _load_voc(folder: Path) -> LabelSet:
     return labels
 
 
+def _numbered_names(path: Path) -> list[tuple[int, str]]:
+    lines = path.read_text(encoding=TEXT_ENCODING).splitlines()
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
 def read_names_file(path: Path) -> list[str]:
-    """One class name per non-blank line (``classes.txt``)."""
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """One class name per non-blank line (``classes.txt``; a UTF-8 byte-order mark is allowed)."""
+    return [name for _, name in _numbered_names(path)]
+
+
+def _repeated(entries: list[tuple[str, str]]) -> dict[object, list[str]]:
+    """Names given more than once, with where each time: ``[(name, "3"), ...]`` -> ``{name: ["3", ...]}``."""
+    where: dict[object, list[str]] = {}
+    for name, place in entries:
+        where.setdefault(name, []).append(place)
+    return {name: places for name, places in where.items() if len(places) > 1}
+
+
+def _names_from_file(labels: LabelSet, path: Path) -> list[str] | None:
+    """Class names from ``classes.txt``; problems (unreadable, repeated names) go to ``labels.problems``."""
+    try:
+        numbered = _numbered_names(path)
+    except (OSError, UnicodeDecodeError) as err:
+        labels.problems.append(_unreadable(path, "class list", err))
+        return None
+    repeated = _repeated([(name, str(number)) for number, name in numbered])
+    if repeated:
+        labels.problems.append(Problem("duplicate_class", str(path), f"class names listed more than once: "
+                                       f"{_listing(repeated, 'lines')}; list each class once"))
+    return [name for _, name in numbered]
 
 
 def resolve_classes(labels: LabelSet, names: list[str] | None, names_files: list[Path],
@@ -290,7 +350,10 @@ def resolve_classes(labels: LabelSet, names: list[str] | None, names_files: list
         else:
             for candidate in names_files:
                 if candidate.is_file():
-                    labels.class_names, labels.names_source = read_names_file(candidate), str(candidate)
+                    found = _names_from_file(labels, candidate)
+                    if found is None:
+                        continue
+                    labels.class_names, labels.names_source = found, str(candidate)
                     break
             else:
                 ids = [k for f in labels.frames.values() for k in f.keys]
@@ -308,6 +371,11 @@ def resolve_classes(labels: LabelSet, names: list[str] | None, names_files: list
             labels.class_names = [labels.categories[c] for c in ordered]
             labels.class_index = {c: i + 1 for i, c in enumerate(ordered)}
             labels.names_source = "COCO categories"
+            repeated = _repeated([(labels.categories[c], str(c)) for c in ordered])
+            if repeated:
+                labels.problems.append(Problem("duplicate_class", str(labels.path), "category names listed more "
+                                               f"than once in 'categories': {_listing(repeated, 'ids')}; list each "
+                                               "class once (or set data.names to merge them)"))
     else:
         if names is not None:
             labels.class_names, labels.names_source = list(names), "data.names"

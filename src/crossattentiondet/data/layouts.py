@@ -77,11 +77,45 @@ def modality_folder_candidates(data: DataConfig, root: Path) -> dict[str, Path]:
     return {m.name: root / (m.source if isinstance(m.source, str) else m.name) for m in data.modalities}
 
 
+def check_root(root: Path) -> None:
+    """DataError unless ``root`` is an existing folder (a file is not "not found": say what it is)."""
+    if root.is_dir():
+        return
+    if root.exists():
+        raise DataError(f"{root}: the data root is a file, not a folder (give the data set's folder)")
+    raise DataError(f"data root not found: {root}")
+
+
+def is_empty_folder(folder: Path) -> bool:
+    """A folder without any entry."""
+    return folder.is_dir() and next(folder.iterdir(), None) is None
+
+
+def no_frames_message(root: Path, empty: list[Path]) -> str:
+    """One line naming the empty folders that left a data set without frames."""
+    names = []
+    for folder in dict.fromkeys(empty):
+        try:
+            names.append(f"{folder.relative_to(root)}/")
+        except ValueError:
+            names.append(str(folder))
+    if len(names) > 1:
+        return f"{root}: no frames to read, the folders {', '.join(names[:-1])} and {names[-1]} are empty"
+    return f"{root}: no frames to read, the folder {names[0]} is empty"
+
+
+def _data_folder_names(data: DataConfig) -> set[str]:
+    """Folder names some layout reads frames or labels from."""
+    names = {"images", "labels"} | {m.source if isinstance(m.source, str) else m.name for m in data.modalities}
+    for preset in PRESETS.values():
+        names |= {folder for folder, _ in preset.folders.values()} | set(preset.labels)
+    return names
+
+
 def detect_layout(root: Path, data: DataConfig | None = None) -> str:
     """Tell the layout of ``root`` from its folders; DataError naming what was expected if none fits."""
     data = data or DataConfig()
-    if not root.is_dir():
-        raise DataError(f"data root not found: {root}")
+    check_root(root)
     if data.images_dir is not None or _has_files(root / "images", (".npy",)):
         return "original"
     if (root / "visible").is_dir() and (root / "infrared").is_dir():
@@ -94,7 +128,12 @@ def detect_layout(root: Path, data: DataConfig | None = None) -> str:
     found = [name for name, folder in folders.items() if folder.is_dir()]
     if found and (len(found) == len(folders) or len(found) >= 2):
         return "folders"
-    present = sorted(p.name + "/" for p in root.iterdir() if p.is_dir())
+    folders_found = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
+    empty = [p for p in folders_found if is_empty_folder(p)]
+    known = [p for p in folders_found if p.name in _data_folder_names(data)]
+    if known and all(p in empty for p in known):  # e.g. images/ + labels/ made, never filled
+        raise DataError(no_frames_message(root, known))
+    present = [p.name + "/" + (" (empty)" if p in empty else "") for p in folders_found]
     raise DataError(
         f"{root}: cannot tell the data layout (found {', '.join(present) or 'no folders'}); expected images/ + "
         "labels/ (original), visible/ + infrared/ + Annotations/ (llvip), JPEGImages/ + Annotations/ (flir), "

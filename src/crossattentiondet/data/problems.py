@@ -19,7 +19,12 @@ PROBLEM_KINDS: dict[str, str] = {
     "unnamed_class": "class id or name that the class list does not contain",
     "not_finite": "NaN or inf in labels or pixels",
     "duplicate_stem": "two files claim the same frame",
-    "mixed_depth": "a modality mixes 8-bit and 16-bit files without an explicit scale",
+    "mixed_depth": "a modality mixes 8-bit and 16-bit files without an explicit scale, or with a scale above 255 "
+                   "from the data set's metadata file",
+    "above_scale": "pixel values above the modality scale recorded in the data set's metadata file",
+    "duplicate_class": "a class name listed twice (classes.txt, COCO categories)",
+    "duplicate_id": "two COCO images or categories share an id",
+    "no_boxes": "not a single box in the whole data set: nothing to learn, mAP NaN (warning)",
     "orphan_label": "label without an image (warning)",
     "label_size": "size written in the label file differs from the image (warning)",
     "split": "the configured split (data.split) cannot be made",
@@ -42,6 +47,8 @@ class Problem:
     def __post_init__(self) -> None:
         if self.kind not in PROBLEM_KINDS:
             raise ValueError(f"unknown problem kind {self.kind!r}")
+        if "\n" in self.message or "\r" in self.message:  # one line per problem, whatever a library said
+            object.__setattr__(self, "message", " ".join(self.message.split()))
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -53,10 +60,13 @@ class Problem:
 
 @dataclass
 class FrameInfo:
-    """What reading one frame found out: size, per-modality dtype, number of boxes."""
+    """What reading one frame found out: size, per-modality dtype, number of boxes; ``peaks``: the largest
+    pixel value per modality, measured by the check only where the data set's metadata file declares the
+    modality's scale (so that a declared scale cannot hide values above it)."""
 
     stem: str
     height: int = 0
     width: int = 0
     dtypes: dict[str, str] = field(default_factory=dict)
     boxes: int = 0
+    peaks: dict[str, int] = field(default_factory=dict)

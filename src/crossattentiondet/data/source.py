@@ -21,17 +21,28 @@ from crossattentiondet.data.imageio import (
     IMAGE_EXTENSIONS,
     ImageFileError,
     convert_channels,
+    is_listed_file,
     read_image_file,
     read_npy_file,
 )
 from crossattentiondet.data.labels import (
+    TEXT_ENCODING,
     LabelSet,
     boxes_for_frame,
     detect_label_format,
     load_labels,
     resolve_classes,
 )
-from crossattentiondet.data.layouts import LAYOUTS, PARTITION_FOLDERS, PRESETS, FolderPreset, detect_layout
+from crossattentiondet.data.layouts import (
+    LAYOUTS,
+    PARTITION_FOLDERS,
+    PRESETS,
+    FolderPreset,
+    check_root,
+    detect_layout,
+    is_empty_folder,
+    no_frames_message,
+)
 from crossattentiondet.data.problems import FrameInfo, Problem
 from crossattentiondet.data.sample import Sample
 from crossattentiondet.errors import DataError
@@ -49,6 +60,11 @@ def resolve_path(text: str | Path, root: Path) -> Path:
     return root / path if (root / path).exists() else path
 
 
+def metadata_file(root: Path) -> Path | None:
+    """The data set's metadata file (the first of :data:`METADATA_FILES` that exists), or None."""
+    return next((root / name for name in METADATA_FILES if (root / name).is_file()), None)
+
+
 def read_scale_hints(root: Path) -> dict[str, float]:
     """Modality scales recorded in the data set's metadata file (empty if none)."""
     for name in METADATA_FILES:
@@ -56,7 +72,7 @@ def read_scale_hints(root: Path) -> dict[str, float]:
         if not path.is_file():
             continue
         try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
+            meta = json.loads(path.read_text(encoding=TEXT_ENCODING))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return {}
         hints = {}
@@ -72,7 +88,7 @@ def _described_modalities(root: Path) -> list[ModalityConfig] | None:
     """Modalities of an npy data set written by ``cadet data convert`` (its ``cadet_data.json``)."""
     path = root / METADATA_FILES[0]
     try:
-        meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        meta = json.loads(path.read_text(encoding=TEXT_ENCODING)) if path.is_file() else None
         entries = meta["modalities"] if isinstance(meta, dict) else None
         if not entries or not all(isinstance(e.get("source"), list) for e in entries):
             return None
@@ -156,6 +172,7 @@ class DataSource(ABC):
         self.frame_problems: dict[str, list[Problem]] = {}
         self.global_problems: list[Problem] = []
         self.scale_hints = read_scale_hints(root)
+        self.metadata_path = metadata_file(root) if self.scale_hints else None  # where the hints come from
         self.label_of: dict[str, str] = {}  # frame stem -> label stem
         self.stems: list[str] = []
         self.labels: LabelSet
@@ -222,7 +239,9 @@ class DataSource(ABC):
         self.label_of = {stem: label_stem for stem, label_stem in claimed.items()}
         for problem in self.labels.problems:
             self._add(problem)
-        label_file_broken = any(p.stem is None and p.severity == "error" for p in self.labels.problems)
+        # a broken label file (not one naming a class or id twice) makes every frame look unlabelled
+        label_file_broken = any(p.stem is None and p.severity == "error" and p.kind not in ("duplicate_class",
+                                "duplicate_id") for p in self.labels.problems)
         if not label_file_broken and self.require_labels:
             where = {"yolo": "no label file", "voc": "no label file", "coco": "not listed in the COCO file"}
             for stem in self.files:
@@ -280,13 +299,21 @@ class DataSource(ABC):
     def _read_arrays(self, stem: str, problems: list[Problem], info: FrameInfo) -> dict[str, np.ndarray]:
         """Per-modality (H, W, C) arrays of one frame; problems are appended, not raised."""
 
-    def load(self, stem: str) -> tuple[Sample | None, FrameInfo, list[Problem]]:
-        """Read one frame; return the sample (None if unusable), what was learnt, and every problem."""
+    def load(self, stem: str, *, peaks: bool = False) -> tuple[Sample | None, FrameInfo, list[Problem]]:
+        """Read one frame; return the sample (None if unusable), what was learnt, and every problem.
+
+        ``peaks`` (the check): also measure the largest value of each modality whose scale comes from the
+        data set's metadata file (``info.peaks``), so that values above that scale are found.
+        """
         if stem not in self.files:
             raise DataError(f"{self.root}: no frame '{stem}' in this data set")
         problems = list(self.frame_problems.get(stem, []))
         info = FrameInfo(stem)
         arrays = self._read_arrays(stem, problems, info)
+        if peaks:
+            for m in self.modalities:
+                if m.scale is None and m.name in self.scale_hints and m.name in arrays:
+                    info.peaks[m.name] = int(arrays[m.name].max(initial=0))
         if len(arrays) == len(self.modalities):
             shapes = {name: a.shape[:2] for name, a in arrays.items()}
             if len(set(shapes.values())) > 1:
@@ -328,7 +355,7 @@ def read_stem_list(path: Path, known: set[str], suffixes: list[str] | None = Non
     suffix (``FLIR_00002_PreviewData`` -> ``FLIR_00002``) when that names a known frame.
     """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding=TEXT_ENCODING).splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: unreadable split file ({err})") from None
     stems = []
@@ -357,13 +384,18 @@ class NpySource(DataSource):
         if not images.is_dir():
             raise DataError(f"images folder not found: {images} (original layout: DATA/images/*.npy)")
         for path in sorted(images.iterdir()):
-            if not path.is_file() or path.suffix.lower() != ".npy":
+            if not is_listed_file(path) or path.suffix.lower() != ".npy":
                 continue
             if path.stem in self.files:
                 self._add(Problem("duplicate_stem", str(path), f"same frame as {self.files[path.stem]['npy']}",
                                   path.stem))
                 continue
             self.files[path.stem] = {"npy": path}
+        if not self.files:
+            if is_empty_folder(images):
+                labels = self.root / "labels"
+                raise DataError(no_frames_message(self.root, [images] + ([labels] if is_empty_folder(labels) else [])))
+            raise DataError(f"{images}: no .npy frames in the folder (original layout: images/<stem>.npy)")
         self.stems = sorted(self.files)
         self._open_labels(("labels",))
 
@@ -413,6 +445,14 @@ class FolderSource(DataSource):
                     partition.setdefault(stem, part)
             per_modality[m.name] = found
         all_stems = sorted(set().union(*per_modality.values()))
+        candidates = self.preset.labels if self.preset and self.preset.labels else PRESETS["folders"].labels
+        if not all_stems:
+            folders = [self.root / str(m.source) for m in self.modalities]
+            if all(is_empty_folder(f) for f in folders):
+                labels = [self.root / c for c in candidates if is_empty_folder(self.root / c)]
+                raise DataError(no_frames_message(self.root, folders + labels))
+            raise DataError(f"{self.root}: no frames to read, no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+                            + " and ".join(str(f) for f in dict.fromkeys(folders)))
         for stem in all_stems:
             have = {name: files[stem] for name, files in per_modality.items() if stem in files}
             self.files[stem] = have
@@ -424,7 +464,6 @@ class FolderSource(DataSource):
         self.stems = all_stems
         self.partitions = {s: p for s, p in partition.items() if s in self.files}
         self._read_partition_files()
-        candidates = self.preset.labels if self.preset and self.preset.labels else PRESETS["folders"].labels
         self._open_labels(candidates)
 
     def _read_arrays(self, stem: str, problems: list[Problem], info: FrameInfo) -> dict[str, np.ndarray]:
@@ -446,12 +485,12 @@ def _list_images(folder: Path) -> list[tuple[Path, str | None]]:
     """Image files of a modality folder, and those in its partition sub-folders (``train/``, ``test/``...)."""
     entries: list[tuple[Path, str | None]] = []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        if is_listed_file(path) and path.suffix.lower() in IMAGE_EXTENSIONS:
             entries.append((path, None))
         elif path.is_dir() and path.name.lower() in PARTITION_FOLDERS:
             part = PARTITION_FOLDERS[path.name.lower()]
             entries.extend((p, part) for p in sorted(path.iterdir())
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                           if is_listed_file(p) and p.suffix.lower() in IMAGE_EXTENSIONS)
     return entries
 
 
@@ -467,8 +506,7 @@ def open_source(root: str | Path, data: DataConfig | None = None, layout: str | 
     """
     data = data or DataConfig()
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data root not found: {root}")
+    check_root(root)
     chosen = layout if layout not in (None, "auto") else data.layout
     if chosen == "auto":
         chosen = detect_layout(root, data)
