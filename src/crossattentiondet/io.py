@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash never leaves one behind."""
+"""Atomic file writes (a reader never sees a half-written file, a crash never leaves one behind) and checks
+that an output location can be written before long work starts."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -11,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 
 TMP_SUFFIX = ".tmp"
 
@@ -111,3 +112,81 @@ def _json_default(value: Any) -> Any:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------- output locations
+OS_ERROR_HINTS = {
+    errno.EROFS: "the file system is mounted read-only; write somewhere else",
+    errno.ENOSPC: "the disk is full; free some space or write somewhere else",
+    errno.EDQUOT: "over the disk quota; free some space or write somewhere else",
+    errno.EACCES: "no permission; write somewhere else or fix the folder's permissions",
+    errno.EPERM: "not permitted; write somewhere else or fix the folder's permissions",
+}
+WRITE_CHECK_PREFIX = ".cadet-write-check."
+
+
+def os_error_reason(err: OSError) -> str:
+    """The cause of an OS error in words, without its path: ``Read-only file system (<hint>)``."""
+    reason = err.strerror or str(err) or type(err).__name__
+    hint = OS_ERROR_HINTS.get(err.errno) if err.errno is not None else None
+    return f"{reason} ({hint})" if hint else reason
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for the user: ``<path>: <cause>`` (both paths of a rename or copy), or the cause alone."""
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None and str(p) != ""]
+    reason = os_error_reason(err)
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a folder (``a.txt`` for ``a.txt/b/c``)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def ensure_writable_dir(path: str | Path, what: str = "--out") -> Path:
+    """Create folder ``path`` if needed and prove that a file can be written in it; return it.
+
+    Called before long work (evaluation, a study, data synthesis), so that a read-only or full disk, a
+    missing permission or a file in the way is reported at once rather than after the work is done. Raises
+    :class:`~crossattentiondet.config.ConfigError` naming ``what`` (the option), the path and the cause.
+    """
+    path = Path(path)
+    _check_writable_dir(path, f"{what} {path}", target=True)
+    return path
+
+
+def ensure_writable_file(path: str | Path, what: str = "--out") -> Path:
+    """Check that file ``path`` can be written: not a folder, its folder writable (created if needed)."""
+    from crossattentiondet.config import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a file")
+    _check_writable_dir(path.parent, f"{what} {path}", target=False)
+    return path
+
+
+def _check_writable_dir(folder: Path, label: str, *, target: bool) -> None:
+    from crossattentiondet.config import ConfigError
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{label} is a file, not a folder" if target else f"{label}: {folder} is a file, not a folder")
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        raise ConfigError(f"{label}: {blocker} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # a few bytes flushed to disk, not just an empty file: a full disk often still has inodes to spare
+        fd, tmp = tempfile.mkstemp(prefix=WRITE_CHECK_PREFIX, suffix=TMP_SUFFIX, dir=folder)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{label}: cannot write there: {os_error_reason(err)}") from None

@@ -101,11 +101,16 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 def run_stats(args: argparse.Namespace) -> int:
     from crossattentiondet.data import compute_stats
-    from crossattentiondet.io import atomic_write_json
+    from crossattentiondet.io import atomic_write_json, ensure_writable_dir, ensure_writable_file
 
     config = config_from_args(args)
-    stats = compute_stats(args.data, config.data, layout=args.layout, histograms_dir=args.histograms)
     out = Path(args.out) if args.out else Path(args.data) / "stats.json"
+    # the outputs are checked before every frame is read (DATA itself is not created when it does not exist)
+    if args.out or Path(args.data).is_dir():
+        ensure_writable_file(out, "--out" if args.out else "stats file")
+    if args.histograms:
+        ensure_writable_dir(args.histograms, "--histograms")
+    stats = compute_stats(args.data, config.data, layout=args.layout, histograms_dir=args.histograms)
     atomic_write_json(out, stats)
     if args.json:
         print_json(stats)
@@ -142,8 +147,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def run_synth(args: argparse.Namespace) -> int:
     from crossattentiondet.data.synth import generate_dataset
+    from crossattentiondet.io import ensure_writable_dir
 
     size = parse_size(args.size)
+    ensure_writable_dir(args.out, "OUT")  # before any frame is rendered
     out = generate_dataset(Path(args.out), args.images, size, args.classes, args.format, args.seed)
     print(f"wrote {args.images} synthetic frames ({size[0]}x{size[1]}, {args.classes} classes, {args.format}) "
           f"to {out}")

@@ -69,8 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="changes to the base config of every configuration, right after SPEC (before the options), "
-                        "e.g. data.root=/data train.epochs=5")
+                   help="changes to the base config of every configuration, e.g. data.root=/data train.epochs=5")
     p.add_argument("--seeds", metavar="N|LIST", help="number of seeds (3: seeds 0,1,2) or a list (0,1 or 5,)")
     p.add_argument("--output", metavar="DIR", help="study directory (default studies/<name>, studies/<name>-quick)")
     p.add_argument("--quick", action="store_true",
@@ -206,9 +205,12 @@ def _plan_line(plan: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from crossattentiondet.io import ensure_writable_dir
     from crossattentiondet.studies.runner import run_study
 
     spec, settings = study_from_args(args)
+    # before any planning or training: a read-only or full disk is reported now, not after the first run
+    ensure_writable_dir(settings.output, "--output" if args.output else "study directory")
     if args.launcher != "local":
         return _submit(args, spec, settings)
     # `kill` (SIGTERM) stops the study like Ctrl-C: its training processes are stopped, their runs stay resumable
@@ -230,10 +232,11 @@ def _submit(args: argparse.Namespace, spec: Any, settings: Any) -> int:
     from crossattentiondet.studies.aggregate import write_summaries
     from crossattentiondet.studies.launchers import make_executor, parse_parameters, submit_study
     from crossattentiondet.studies.plan import build_plan
-    from crossattentiondet.studies.runner import check_plan_matches_disk, record_study
+    from crossattentiondet.studies.runner import check_data_roots, check_plan_matches_disk, record_study
 
     cluster = "slurm" if args.launcher == "slurm" else "local"
     plan = build_plan(spec, settings, record_selection=True)
+    check_data_roots(plan)
     check_plan_matches_disk(plan)
     record_study(plan)
     executor = make_executor(plan.study_dir / "submitit", cluster, parse_parameters(args.slurm_param))

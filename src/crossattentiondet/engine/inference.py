@@ -14,7 +14,7 @@ from crossattentiondet.config import ExperimentConfig, build_config
 from crossattentiondet.engine.checkpoint import load_checkpoint
 from crossattentiondet.engine.runtime import DistInfo, autocast, resolve_device
 from crossattentiondet.errors import DataError
-from crossattentiondet.io import atomic_write_json
+from crossattentiondet.io import atomic_write_json, ensure_writable_dir
 
 
 def load_model(path: str | Path, overrides: list[str] | None = None,
@@ -49,6 +49,8 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
     name = split
     if data_root is not None:
         data_root = Path(data_root)
+        if not data_root.exists():  # said before an output folder is made for it
+            raise DataError(f"data root not found: {data_root}")
         tree["data"] = {**tree["data"], "root": str(data_root), "images_dir": None, "labels": None,
                         "layout": "auto"}
         split_run_dir = None  # another data set: its own split, nothing from the run
@@ -58,13 +60,14 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
                                      "train_file": None, "val_file": None, "test_file": None}
     elif split == "all":
         raise DataError("--split all needs --data (a run's own data is evaluated per split: train, val or test)")
+    out = Path(out_dir) if out_dir is not None else run_dir / f"eval_{name}"
+    # before the model, the data and the evaluation: a read-only or full disk is reported now, not at the end
+    ensure_writable_dir(out, "--out" if out_dir is not None else "output folder")
     model, config, _ = load_model(ckpt_path, overrides, tree)
     data = prepare_data(config, split_run_dir, log=echo)
     used_split = "test" if split == "all" else split
     if not data.splits.get(used_split):
         raise DataError(f"the {used_split} split of {data.root} is empty")
-    out = Path(out_dir) if out_dir is not None else run_dir / f"eval_{name}"
-    out.mkdir(parents=True, exist_ok=True)
     log = _EchoLog(echo)
     device = next(model.parameters()).device
     summary = evaluate_split(model, data, used_split, config, device, DistInfo(), out, log, tag="")
@@ -125,13 +128,12 @@ def predict(path: str | Path, inputs: list[str | Path], out_dir: str | Path, *, 
     from crossattentiondet import viz
     from crossattentiondet.data import Sample, to_model_input
 
+    out = ensure_writable_dir(out_dir, "--out")  # before the model is loaded and the frames are read
     model, config, checkpoint = load_model(path, overrides)
     frames = _input_frames([Path(p) for p in inputs], config)
     order = [m.name for m in config.data.modalities]
     names = list(checkpoint.get("class_names") or [])
     device = next(model.parameters()).device
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     shown_images, shown_predictions = [], []
     for start in range(0, len(frames), batch_size):

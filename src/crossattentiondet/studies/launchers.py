@@ -34,6 +34,8 @@ from crossattentiondet.studies.runner import (
     append_study_log,
     execute_run,
     execution_order,
+    missing_data_root,
+    record_unstartable,
     runnable,
     write_run_config,
 )
@@ -89,6 +91,13 @@ def run_local(plan: StudyPlan, runs: list[PlannedRun], *, max_parallel: int = 1,
 
     def one(run: PlannedRun) -> RunOutcome:
         assert run.run_dir is not None
+        root = missing_data_root(run)
+        if root is not None:  # fails at once without a training process; the other runs go on
+            outcome = record_unstartable(run.run_dir, run.key, f"data.root not found: {root}")
+            with guard_print:
+                echo(_describe(run, outcome))
+            append_study_log(plan.study_dir, _describe(run, outcome))
+            return outcome
         slot = slots.get()
         try:
             env = slot_environment(slot, max_parallel, gpus)
@@ -265,6 +274,13 @@ def submit_study(plan: StudyPlan, executor: Any, *, retry_failed: bool = True, r
     todo = [r for r in execution_order(plan, plan.runs()) if runnable(r, retry_failed, include_queued=resubmit)]
     if max_runs is not None:
         todo = todo[:max_runs]
+    for run in [r for r in todo if missing_data_root(r) is not None]:  # recorded as failed, not submitted
+        assert run.run_dir is not None
+        write_run_config(plan, run)
+        outcome = record_unstartable(run.run_dir, run.key, f"data.root not found: {missing_data_root(run)}")
+        echo(_describe(run, outcome))
+        append_study_log(plan.study_dir, _describe(run, outcome))
+        todo.remove(run)
     if not todo:
         return []
     for run in todo:

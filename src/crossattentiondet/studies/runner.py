@@ -4,7 +4,8 @@
   ``failed.json`` is removed once it succeeds); a run locked by a live process elsewhere is left alone.
 - Each run trains in ``python -m crossattentiondet train --config <run>/study_config.yaml [--resume]``, so an
   out-of-memory crash or a non-finite loss ends that run only: it is recorded as failed with its last error
-  line and the study goes on.
+  line and the study goes on. A run whose data.root does not exist is recorded as failed without starting a
+  process (the study stops before anything when no configuration's data.root exists).
 - Study-level files (study.json, summaries, report) are regenerated from the per-run files and written
   atomically, so several study processes can work on one directory.
 """
@@ -24,7 +25,7 @@ from typing import Any
 import yaml
 
 from crossattentiondet.config import ConfigError
-from crossattentiondet.io import atomic_write_json, atomic_write_text, read_json
+from crossattentiondet.io import atomic_write_json, atomic_write_text, ensure_writable_dir, read_json
 from crossattentiondet.studies.plan import (
     IDENTITY_KEYS,
     PlannedRun,
@@ -280,13 +281,52 @@ def execution_order(plan: StudyPlan, runs: list[PlannedRun]) -> list[PlannedRun]
     return sorted(runs, key=key)
 
 
+def _missing_root(config: Any) -> str | None:
+    root = config.data.root if config is not None else None
+    if root is not None and not Path(root).expanduser().exists():
+        return str(root)
+    return None
+
+
+def missing_data_root(run: PlannedRun) -> str | None:
+    """The configured ``data.root`` of ``run`` when that path does not exist (None: it exists or is unset)."""
+    return _missing_root(run.configuration.config)
+
+
 def check_data_roots(plan: StudyPlan) -> None:
-    """Fail before any run starts when a configuration's data.root does not exist (every run would fail)."""
-    for configuration in plan.configurations:
-        root = configuration.config.data.root if configuration.config is not None else None
-        if root is not None and not Path(root).expanduser().exists():
-            raise ConfigError(f"study '{plan.spec.name}', configuration '{configuration.id}': data.root "
-                              f"not found: {root}")
+    """Fail before any run starts when NO configuration's data.root exists (a shared setting is wrong: every
+    run would fail). When only some are missing, those runs are recorded as failed and the others run
+    (:func:`record_unstartable`)."""
+    configurations = [c for c in plan.configurations if c.config is not None]
+    missing = [(c.id, root) for c in configurations if (root := _missing_root(c.config)) is not None]
+    if configurations and len(missing) == len(configurations):
+        config_id, root = missing[0]
+        every = " (no configuration's data.root exists)" if len(missing) > 1 else ""
+        raise ConfigError(f"study '{plan.spec.name}', configuration '{config_id}': data.root not found: {root}{every}")
+
+
+def record_unstartable(run_dir: Path, key: str, error: str) -> RunOutcome:
+    """Record a run that cannot start (its data.root does not exist) as failed, without a training process:
+    ``failed.json`` and an attempt in ``stdout.log``, as a run whose trainer failed at once would leave."""
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        holder = lock.holder.describe() if lock.holder else "another process"
+        return RunOutcome(key, "held", error=f"locked by {holder}")
+    try:
+        if (run_dir / FINAL_RESULTS).is_file():
+            return RunOutcome(key, "skipped")
+        (run_dir / QUEUED).unlink(missing_ok=True)
+        log_path = run_dir / STDOUT_LOG
+        with log_path.open("a", encoding="utf-8") as log:
+            log.write(f"=== attempt {time.strftime('%Y-%m-%d %H:%M:%S')}: not started\nerror: {error}\n")
+        previous = read_json(run_dir / FAILED) if (run_dir / FAILED).is_file() else {}
+        atomic_write_json(run_dir / FAILED, {
+            "error": error, "exit": "not started", "returncode": None, "log": str(log_path),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "attempts": int(previous.get("attempts", 0)) + 1,
+            "resumed": False})
+        return RunOutcome(key, "failed", error=error)
+    finally:
+        lock.release()
 
 
 def run_study(spec: StudySpec, settings: StudySettings | None = None, *, max_parallel: int = 1,
@@ -308,6 +348,7 @@ def run_study(spec: StudySpec, settings: StudySettings | None = None, *, max_par
     plan = build_plan(spec, settings, record_selection=True)
     check_data_roots(plan)
     check_plan_matches_disk(plan)
+    ensure_writable_dir(plan.study_dir, "study directory")
     record_study(plan)
     summary = StudyRunSummary(plan.study_dir)
     attempted: set[str] = set()
