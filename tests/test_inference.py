@@ -80,4 +80,14 @@ def test_predict_on_npy_files_and_unlabelled_folders(trained: tuple[Path, Path],
     assert main(["predict", str(run), str(tmp_path / "three.npy"), "--out", str(tmp_path / "p3")]) == 2
     assert "three.npy" in capsys.readouterr().err
     assert main(["predict", str(run), str(tmp_path / "missing"), "--out", str(tmp_path / "p4")]) == 2
+    # 16-bit frames for a model trained on 8-bit data: refused unless their values stay within 0-255
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    np.save(wide / "hot.npy", np.full((64, 64, 5), 40000, np.uint16))
+    capsys.readouterr()
+    assert main(["predict", str(run), str(wide / "hot.npy"), "--out", str(tmp_path / "p6")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hot: modality 'rgb' has values up to 40000, above the scale 255" in err
+    np.save(wide / "hot.npy", np.full((64, 64, 5), 200, np.uint16))
+    assert main(["predict", str(run), str(wide / "hot.npy"), "--out", str(tmp_path / "p6"), "--panels", "0"]) == 0
     assert main(["predict", str(run), str(unlabelled), "--out", str(tmp_path / "p5"), "--score-thresh", "2"]) == 2

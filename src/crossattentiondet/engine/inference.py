@@ -118,7 +118,24 @@ def _input_frames(inputs: list[Path], config: ExperimentConfig) -> list[tuple[st
             frames.append((stem, source.read(stem).modalities))
     if not frames:
         raise DataError(f"no frames found in {', '.join(map(str, inputs))}")
+    _check_input_scale(frames, config)
     return frames
+
+
+def _check_input_scale(frames: list[tuple[str, dict[str, np.ndarray]]], config: ExperimentConfig) -> None:
+    """Refuse frames brighter than the model's training data (e.g. 16-bit thermal for a model trained on
+    8-bit frames): divided by the training scale they would be far out of range and the detections
+    meaningless. Frames in a wider dtype whose values stay within the scale are fine."""
+    for m in config.data.modalities:
+        if m.scale is None:
+            continue
+        over = [(stem, int(arrays[m.name].max())) for stem, arrays in frames
+                if arrays[m.name].size and arrays[m.name].max() > m.scale]
+        if over:
+            stem, peak = over[0]
+            raise DataError(f"{stem}: modality '{m.name}' has values up to {peak}, above the scale {m.scale:g} of the "
+                            f"data this checkpoint was trained on ({len(over)} of {len(frames)} frames); convert the "
+                            "frames to the training data's range (e.g. 8-bit) first")
 
 
 def predict(path: str | Path, inputs: list[str | Path], out_dir: str | Path, *, score_thresh: float = 0.3,
