@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,154 @@ def test_cli_output_into_a_closed_pipe_is_not_a_traceback() -> None:
     proc = subprocess.run(["bash", "-c", f"'{sys.executable}' -m crossattentiondet study list | head -c 1"],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.stdout == "c" and "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def _float_keys(model: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of every plain float field (``float`` or ``float | None``), through nested sections."""
+    from pydantic import BaseModel
+
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += _float_keys(annotation, f"{prefix}{name}.")
+        elif annotation is float or set(getattr(annotation, "__args__", ())) == {float, type(None)}:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def test_every_float_field_rejects_infinity_and_nan() -> None:
+    keys = _float_keys()
+    assert len(keys) > 40 and "train.lr" in keys and "model.detector.rpn.nms_thresh" in keys
+    for key in keys:
+        for text in ("inf", "-.inf", "nan"):
+            with pytest.raises(ConfigError, match=rf"{re.escape(key)}: bad value .*finite number"):
+                load_config(None, [f"{key}={text}"])
+
+
+def test_floats_inside_lists_and_tuples_must_be_finite() -> None:
+    for override in ("data.modalities.0.mean=[nan,0.5,0.5]", "data.augment.scale_jitter=[0.8,inf]",
+                     "model.detector.aspect_ratios=[0.5,inf]", "model.mit.mlp_ratios=[4,4,.inf,4]",
+                     "train.schedule.milestones=[8,inf]"):
+        with pytest.raises(ConfigError, match="finite number"):
+            load_config(None, [override])
+
+
+def test_validation_errors_are_one_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.lr=inf", "train.epochs=0"])
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("invalid config (overrides): train.epochs: ") and "; train.lr: " in msg
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    (["model.mit.embed_dims=[32,100,160,256]", "model.mit.num_heads=[1,3,5,8]"],
+     "model.mit.embed_dims: stage 2 has 100 channels, not divisible by its 3 heads (model.mit.num_heads)"),
+    (["model.mit.embed_dims=[64,128,321,512]"],
+     "model.mit.embed_dims: stage 3 has 321 channels, not divisible by its 5 heads (mit_b1's default)"),
+    (["model.backbone=mit_b0", "model.mit.num_heads=[1,2,6,8]"],
+     "model.mit.num_heads: stage 3 has 6 heads, which do not divide its 160 channels (mit_b0's default embed_dims)"),
+    (["model.mit.num_heads=[0,2,5,8]"], "model.mit.num_heads.0"),
+])
+def test_mit_widths_must_split_over_the_heads(overrides: list[str], words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert words in str(err.value)
+
+
+def test_mit_widths_that_split_are_accepted() -> None:
+    cfg = load_config(None, ["model.backbone=mit_b0", "model.mit.embed_dims=[8,16,24,32]",
+                             "model.mit.num_heads=[1,2,2,4]"])
+    assert cfg.model.mit.embed_dims == [8, 16, 24, 32]
+    assert load_config(None, ["model.mit.embed_dims=[16,32,80,128]"]).model.mit.embed_dims == [16, 32, 80, 128]
+
+
+def test_zeroing_every_used_modality_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="model.zero_modalities: .* the model would see nothing"):
+        load_config(None, ["model.zero_modalities=[rgb,thermal,event]"])
+    with pytest.raises(ConfigError, match="model.zero_modalities"):
+        load_config(None, ["model.streams=[[thermal]]", "model.zero_modalities=[thermal]"])
+    # zeroing some is the original's modality ablation; a modality no stream uses leaves the rest seen
+    assert load_config(None, ["model.zero_modalities=[thermal,event]"]).model.used_modalities() == ["rgb"]
+    assert load_config(None, ["model.streams=[[rgb]]", "model.zero_modalities=[event]"]).model.used_modalities() == \
+        ["rgb"]
+
+
+def test_class_names_must_be_unique() -> None:
+    with pytest.raises(ConfigError, match=r"data.names: class names must be unique, repeated: \['a'\]"):
+        load_config(None, ["data.names=[a,a,b]"])
+    assert load_config(None, ["data.names=[a,b]"]).data.names == ["a", "b"]
+
+
+def _write(tmp_path: Path, name: str, content: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    (b"name: a\nname: b\n", "duplicate key 'name' at line 2 (first at line 1)"),
+    (b"train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "duplicate key 'lr' at line 4 (first at line 2)"),
+    (b"model: {fusion: {type: cssa, type: gaff}}\n", "duplicate key 'type' at line 1"),
+    (b"data:\n  modalities:\n    - {name: rgb, channels: 3, channels: 1}\n", "duplicate key 'channels' at line 3"),
+    (b"data:\n  split: {1: a}\nx:\n  1: b\n  1: c\n", "duplicate key '1' at line 5"),
+])
+def test_duplicate_yaml_keys_name_file_key_and_line(tmp_path: Path, text: bytes, words: str) -> None:
+    path = _write(tmp_path, "c.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ") and words in str(err.value)
+
+
+def test_yaml_merge_keys_may_still_be_overridden() -> None:
+    from crossattentiondet.config import UniqueKeyLoader
+
+    text = "a: &c {lr: 0.1, epochs: 3}\ntrain:\n  <<: *c\n  lr: 0.2\n"
+    assert yaml.load(text, Loader=UniqueKeyLoader)["train"] == {"lr": 0.2, "epochs": 3}  # noqa: S506
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    (b'{"name": "a", "name": "b"}', "duplicate key 'name' at line 1"),
+    (b'{"train": {"lr": 0.1,\n  "epochs": 2,\n  "lr": 0.2}}', "duplicate key 'lr' at line 3"),
+    # "stages" twice, but in two objects: the repeat is "name"
+    (b'{"cssa": {"stages": [3]},\n "gaff": {"stages": [3]},\n "name": "a", "n": {"x": "}{\\"name\\":"},\n'
+     b' "name": "b"}', "duplicate key 'name' at line 4"),
+])
+def test_duplicate_json_keys_name_file_key_and_line(tmp_path: Path, text: bytes, words: str) -> None:
+    path = _write(tmp_path, "c.json", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ") and words in str(err.value)
+
+
+def test_duplicate_key_inside_an_override_value() -> None:
+    with pytest.raises(ConfigError, match="duplicate key 'type'"):
+        parse_override("model.fusion={type: cssa, type: gaff}")
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"\x00\x01\x02\x03binary", "not a text file"),
+    ("name: x\n".encode("utf-16"), "not a text file"),
+    (b"name: caf\xe9\n", "not a UTF-8 text file (byte 0xe9 at offset 9)"),
+    (b"\xff\xd8\xff\xe0 JFIF", "not a UTF-8 text file"),
+])
+def test_non_utf8_config_file_is_a_config_error(tmp_path: Path, content: bytes, words: str) -> None:
+    for name in ("c.yaml", "c.json"):
+        path = _write(tmp_path, name, content)
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert str(err.value) == f"{path}: {words}" or str(err.value).startswith(f"{path}: {words}")
+
+
+def test_utf8_with_bom_still_loads(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, "c.yaml", "\ufeffname: café\n".encode())).name == "café"
+    assert load_config(_write(tmp_path, "c.json", '\ufeff{"name": "b"}'.encode())).name == "b"
+
+
+def test_syntax_errors_are_one_line(tmp_path: Path) -> None:
+    for name, text in (("c.yaml", b"train: [unclosed\n"), ("c.json", b'{"train": }')):
+        with pytest.raises(ConfigError) as err:
+            load_config(_write(tmp_path, name, text))
+        assert "\n" not in str(err.value) and "line " in str(err.value)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from crossattentiondet.config import ConfigError, ExperimentConfig, FusionConfig, build_config, config_to_dict
+from crossattentiondet.errors import DataError
 from crossattentiondet.models.encoder import DualStreamEncoder, FusionPlan
 from crossattentiondet.models.mit import MiTSpec
 
@@ -87,13 +88,55 @@ def rename_original_detector_key(key: str) -> str:
 
 def _unwrap_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
     if isinstance(obj, Mapping):
+        if obj.get("format") == "crossattentiondet-checkpoint":
+            raise DataError(f"{source}: already a CrossAttentionDet checkpoint, not an original one; it needs no "
+                            "conversion (use it with `cadet eval` or `cadet predict`)")
         for key in ("model_state_dict", "state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):
                 return _unwrap_state_dict(obj[key], source)
-        if obj and all(isinstance(v, Tensor) for v in obj.values()):
+        if obj and all(isinstance(k, str) for k in obj) and all(isinstance(v, Tensor) for v in obj.values()):
             return {k.removeprefix("module."): v for k, v in obj.items()}
-    raise ValueError(f"{source}: no model state dict found (expected a dict of tensors, or one under "
-                     "'model_state_dict', 'state_dict' or 'model')")
+        keys = [str(k) for k in list(obj)[:5]]
+        raise DataError(f"{source}: not an original checkpoint: a dict with keys {keys}"
+                        f"{'...' if len(obj) > 5 else ''} but no model state dict (a dict of tensors, or one under "
+                        "'model_state_dict', 'state_dict' or 'model')")
+    raise DataError(f"{source}: not an original checkpoint: it holds {_describe(obj)}, not a dict of tensors")
+
+
+def _describe(obj: Any) -> str:
+    """A few words on what a loaded object is, for error messages."""
+    if isinstance(obj, Tensor):
+        return f"a single tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} item(s)"
+    return f"a {type(obj).__module__}.{type(obj).__qualname__}" if type(obj).__module__ != "builtins" \
+        else f"a {type(obj).__name__}"
+
+
+def _load_torch_file(path: Path) -> Any:
+    """``torch.load`` of a file the user named, any failure reported as what the file is instead."""
+    with open(path, "rb") as handle:
+        head = handle.read(256)
+    if not head:
+        raise DataError(f"{path}: empty file, not an original checkpoint")
+    try:
+        # original checkpoints hold more than tensors (epoch, optimizer state), hence a full unpickle
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a non-checkpoint file fails in many ways (pickle, zip, EOF, ...)
+        kind = "a text file" if _looks_like_text(head) else "not a PyTorch file"
+        reason = " ".join(str(err).split())[:160]
+        raise DataError(f"{path}: {kind}, not an original checkpoint (torch.load failed: "
+                        f"{type(err).__name__}: {reason})") from None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return False
+        text = head[: err.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
 
 
 def original_detector_config(backbone: str, num_classes: int) -> ExperimentConfig:
@@ -120,11 +163,14 @@ def convert_original_checkpoint(path: str | Path, backbone: str = "mit_b1") -> d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = _load_torch_file(path)
     state = _unwrap_state_dict(raw, str(path))
     cls_key = "roi_heads.box_predictor.cls_score.weight"
     if cls_key not in state:
-        raise ValueError(f"{path}: not a Faster R-CNN checkpoint (no {cls_key})")
+        encoder_only = any(re.match(r"^(module\.)?(extra_)?(patch_embed|block)\d\.", k) for k in state)
+        what = "an encoder (or MiT backbone) state dict" if encoder_only else f"a state dict of {len(state)} tensors"
+        raise DataError(f"{path}: not a full original detector checkpoint: {what} without the Faster R-CNN box "
+                        f"predictor ({cls_key})")
     num_classes = int(state[cls_key].shape[0]) - 1
     config = original_detector_config(backbone, num_classes)
     model = build_detector(config)
@@ -133,7 +179,7 @@ def convert_original_checkpoint(path: str | Path, backbone: str = "mit_b1") -> d
         try:
             renamed[rename_original_detector_key(key)] = value
         except KeyError as err:
-            raise ValueError(f"{path}: {err.args[0]}") from None
+            raise DataError(f"{path}: not an original detector checkpoint: {err.args[0]}") from None
     expected = model.state_dict()
     bad_shapes = [k for k, v in renamed.items() if k in expected and tuple(expected[k].shape) != tuple(v.shape)]
     if bad_shapes:

@@ -27,9 +27,13 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Floats must be finite: no config value means anything at nan or +-inf (an unbounded value such as
+    "no gradient clipping" is spelled ``null``), and a ``Field(gt=0)`` bound alone would let inf through.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _parse_stages(value: Any) -> Any:
@@ -210,6 +214,11 @@ class DataConfig(StrictModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"modality names must be unique, repeated: {dup}")
+        if self.names is not None:
+            # a repeated class name would make two label ids one class in the metrics and the panels
+            repeated = sorted({n for n in self.names if self.names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"data.names: class names must be unique, repeated: {repeated}")
         return self
 
     def modality(self, name: str) -> ModalityConfig:
@@ -280,11 +289,11 @@ class FusionConfig(StrictModel):
 class MiTOverrides(StrictModel):
     """Override parts of the MiT variant (tiny models for tests, custom widths)."""
 
-    embed_dims: list[int] | None = None
+    embed_dims: list[Annotated[int, Field(ge=1)]] | None = None
     depths: list[int] | None = None
-    num_heads: list[int] | None = None
-    sr_ratios: list[int] | None = None
-    mlp_ratios: list[float] | None = None
+    num_heads: list[Annotated[int, Field(ge=1)]] | None = None
+    sr_ratios: list[Annotated[int, Field(ge=1)]] | None = None
+    mlp_ratios: list[Annotated[float, Field(gt=0)]] | None = None
 
     @model_validator(mode="after")
     def _four(self) -> MiTOverrides:
@@ -343,6 +352,13 @@ class DetectorConfig(StrictModel):
 
 Backbone = Literal["mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"]
 
+# (embed_dims, num_heads) per MiT variant, as in models.mit.MIT_VARIANTS (a test keeps the two equal): repeated
+# here so config checks do not import torch
+MIT_WIDTHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "mit_b0": ((32, 64, 160, 256), (1, 2, 5, 8)),
+    **{f"mit_b{i}": ((64, 128, 320, 512), (1, 2, 5, 8)) for i in range(1, 6)},
+}
+
 
 class ModelConfig(StrictModel):
     backbone: Backbone = "mit_b1"
@@ -367,7 +383,28 @@ class ModelConfig(StrictModel):
         flat = [m for s in self.streams for m in s]
         if len(set(flat)) != len(flat):
             raise ValueError(f"a modality may feed only one stream: {self.streams}")
+        if not self.used_modalities():
+            raise ValueError(f"model.zero_modalities: {self.zero_modalities} zeroes every modality of "
+                             f"model.streams {self.streams}; the model would see nothing")
+        self._check_heads()
         return self
+
+    def _check_heads(self) -> None:
+        """Every stage's width must split evenly over its attention heads (the overrides or the variant's)."""
+        if (self.mit.embed_dims is None and self.mit.num_heads is None) or self.backbone not in MIT_WIDTHS:
+            return
+        default_dims, default_heads = MIT_WIDTHS[self.backbone]
+        dims = self.mit.embed_dims or default_dims
+        heads = self.mit.num_heads or default_heads
+        for stage, (dim, count) in enumerate(zip(dims, heads), start=1):
+            if dim % count == 0:
+                continue
+            if self.mit.embed_dims is not None:
+                whose = "model.mit.num_heads" if self.mit.num_heads is not None else f"{self.backbone}'s default"
+                raise ValueError(f"model.mit.embed_dims: stage {stage} has {dim} channels, not divisible by "
+                                 f"its {count} heads ({whose})")
+            raise ValueError(f"model.mit.num_heads: stage {stage} has {count} heads, which do not divide its "
+                             f"{dim} channels ({self.backbone}'s default embed_dims)")
 
     def used_modalities(self) -> list[str]:
         """Modalities the model really sees: those of its streams, less the ones it zeroes."""
@@ -585,17 +622,103 @@ def translate_legacy(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- load / override
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (YAML and JSON would silently keep the last value)."""
+
+    def __init__(self, key: Any, line: int | None, first_line: int | None = None) -> None:
+        self.key, self.line, self.first_line = key, line, first_line
+        where = f"line {line}: " if line is not None else ""
+        first = f" (first at line {first_line})" if first_line is not None else ""
+        super().__init__(f"{where}duplicate key {key!r}{first}")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key repeated in one mapping, at any depth (merge keys ``<<`` may
+    still be overridden, as YAML intends)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader itself reports it
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise DuplicateKeyError(key, line, first)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _reject_duplicate_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(key, None)
+        out[key] = value
+    return out
+
+
+def _json_duplicate_line(text: str) -> int | None:
+    """The line of the repeated key the JSON parser reported (its hook has no position): the parser calls
+    the hook as each object closes, so this is the first object to close that holds a key twice."""
+    token = re.compile(r'"(?:[^"\\]|\\.)*"(\s*:)?|[{}\[\]]')
+    stack: list[tuple[set[str], list[int]] | None] = []  # per open object: its keys, its first repeat's line
+    for m in token.finditer(text):
+        tok = m.group(0)
+        if tok == "{":
+            stack.append((set(), []))
+        elif tok == "[":
+            stack.append(None)
+        elif tok in "}]":
+            top = stack.pop() if stack else None
+            if top is not None and top[1]:
+                return top[1][0]
+        elif m.group(1) and stack and stack[-1] is not None:
+            keys, repeats = stack[-1]
+            name = json.loads(tok[: len(tok) - len(m.group(1))])
+            if name in keys and not repeats:
+                repeats.append(text.count("\n", 0, m.start()) + 1)
+            keys.add(name)
+    return None
+
+
+def _one_line_yaml_error(err: yaml.YAMLError) -> str:
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
+    return " ".join(str(err).split())
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ConfigError(f"{path}: not a text file (it contains NUL bytes: binary data, or UTF-16 text)")
     try:
-        if path.suffix.lower() == ".json":
-            raw = json.loads(text)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+    is_json = path.suffix.lower() == ".json"
+    try:
+        if is_json:
+            raw = json.loads(text, object_pairs_hook=_reject_duplicate_pairs)
         else:
-            raw = yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {err}") from None
+            raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as err:
+        line = err.line if err.line is not None else _json_duplicate_line(text)
+        where = f" at line {line}" if line is not None else ""
+        first = f" (first at line {err.first_line})" if err.first_line is not None else ""
+        raise ConfigError(f"{path}: duplicate key {str(err.key)!r}{where}{first}; give each key once") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_one_line_yaml_error(err)}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -612,7 +735,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
+        value = yaml.load(value_text, Loader=UniqueKeyLoader) if value_text.strip() else ""  # noqa: S506
+    except DuplicateKeyError as err:
+        raise ConfigError(f"override {text!r}: duplicate key {err.key!r}") from None
     except yaml.YAMLError:
         value = value_text
     return key.split("."), value
@@ -707,7 +832,7 @@ def closest_key(loc: tuple[Any, ...]) -> str | None:
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    """Turn pydantic's errors into lines naming the key, the value and the problem."""
+    """Turn pydantic's errors into one line naming, for each problem, the key, the value and the problem."""
     lines = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -719,12 +844,16 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         else:
             value = e.get("input")
             msg = e["msg"].removeprefix("Value error, ")
-            if isinstance(value, dict):
+            if isinstance(value, dict) and (not loc or msg.startswith(f"{key}.")):
+                lines.append(msg)  # a section's check whose message names its own full key
+            elif isinstance(value, dict):
                 lines.append(f"{key}: {msg}")
             else:
                 lines.append(f"{key}: bad value {value!r}: {msg}")
-    head = f"invalid config ({source})" if source else "invalid config"
-    return head + ":\n  " + "\n  ".join(lines)
+    # one line, for the CLI's `error: ...`; with no source to name, the problems alone (each names its key), so
+    # callers that add their own context (a study's configuration) do not get a bare "invalid config" in between
+    body = "; ".join(" ".join(line.split()) for line in lines)
+    return f"invalid config ({source}): {body}" if source else body
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "") -> ExperimentConfig:

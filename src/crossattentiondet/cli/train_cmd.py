@@ -66,63 +66,129 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_demo(sub)
 
 
-def seed_flag_overrides(args: argparse.Namespace, note: list[str]) -> list[str]:
-    """Translate the original scripts' flags into dotted overrides (applied before explicit key=value ones)."""
-    out: list[str] = []
+def seed_flag_overrides(args: argparse.Namespace, note: list[str], explicit: list[str] | None = None) -> list[str]:
+    """Translate the original scripts' flags into dotted overrides (applied before explicit key=value ones).
+
+    A flag and an ``explicit`` override of a key it sets, ``--model`` with the CSSA/GAFF flags of another
+    fusion type, or CSSA with GAFF flags are errors: one of the two would be silently ignored.
+    """
+    _check_fusion_flags(args)
+    # (flag, override, whether an explicit override of the key conflicts): the defaults that --cssa-*/--gaff-*
+    # bring along (other, flow, drop-path) are meant to be overridable
+    out: list[tuple[str, str, bool]] = []
     if args.data:
         data = Path(args.data)
         if args.labels or (data.is_dir() and any(data.glob("*.npy"))):
             # the ablation scripts pass the images folder itself: DATA/images + DATA/labels
-            out += [f"data.root={data.parent}", f"data.images_dir={data}", "data.layout=original"]
+            out += [("--data", f"data.root={data.parent}", True), ("--data", f"data.images_dir={data}", True),
+                    ("--data", "data.layout=original", True)]
         else:
-            out.append(f"data.root={data}")
+            out.append(("--data", f"data.root={data}", True))
     if args.labels:
-        out.append(f"data.labels={args.labels}")
+        out.append(("--labels", f"data.labels={args.labels}", True))
     for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
                       ("backbone", "model.backbone")):
         value = getattr(args, flag)
         if value is not None:
-            out.append(f"{key}={value}")
+            out.append((_flag_name(flag), f"{key}={value}", True))
     fusion = None
     if args.model:
         if args.model == "early_fusion":
-            out.append("model.streams=[[rgb,thermal,event]]")
+            out.append(("--model", "model.streams=[[rgb,thermal,event]]", True))
         else:
             fusion = "frm_ffm" if args.model == "baseline" else args.model
-    cssa = [args.cssa_stages, args.cssa_thresh, args.cssa_kernel]
-    gaff = [args.gaff_stages, args.gaff_se_reduction, args.gaff_inter_shared, args.gaff_merge_bottleneck]
-    if any(v is not None for v in cssa) and any(v is not None for v in gaff):
-        raise ConfigError("--cssa-* and --gaff-* flags cannot be combined in one run")
-    if any(v is not None for v in cssa):
+    fusion_flag = "--model"
+    if any(getattr(args, f) is not None for f in _CSSA_FLAGS):
         fusion = "cssa"
+        fusion_flag = next(_flag_name(f) for f in _CSSA_FLAGS if getattr(args, f) is not None)
         if args.cssa_stages is not None:
-            out.append(f"model.fusion.stages={_stages(args.cssa_stages, '--cssa-stages')}")
+            out.append(("--cssa-stages", f"model.fusion.stages={_stages(args.cssa_stages, '--cssa-stages')}", True))
         if args.cssa_thresh is not None:
-            out.append(f"model.fusion.cssa.switching_thresh={args.cssa_thresh}")
+            out.append(("--cssa-thresh", f"model.fusion.cssa.switching_thresh={args.cssa_thresh}", True))
         if args.cssa_kernel is not None:
-            out.append(f"model.fusion.cssa.kernel_size={args.cssa_kernel}")
-    if any(v is not None for v in gaff):
+            out.append(("--cssa-kernel", f"model.fusion.cssa.kernel_size={args.cssa_kernel}", True))
+    if any(getattr(args, f) is not None for f in _GAFF_FLAGS):
         fusion = "gaff"
+        fusion_flag = next(_flag_name(f) for f in _GAFF_FLAGS if getattr(args, f) is not None)
         if args.gaff_stages is not None:
-            out.append(f"model.fusion.stages={_stages(args.gaff_stages, '--gaff-stages')}")
+            out.append(("--gaff-stages", f"model.fusion.stages={_stages(args.gaff_stages, '--gaff-stages')}", True))
         if args.gaff_se_reduction is not None:
-            out.append(f"model.fusion.gaff.se_reduction={args.gaff_se_reduction}")
+            out.append(("--gaff-se-reduction", f"model.fusion.gaff.se_reduction={args.gaff_se_reduction}", True))
         for flag, key in (("gaff_inter_shared", "inter_shared"), ("gaff_merge_bottleneck", "merge_bottleneck")):
             value = getattr(args, flag)
             if value is not None:
-                out.append(f"model.fusion.gaff.{key}={_bool(value, '--' + flag.replace('_', '-'))}")
+                out.append((_flag_name(flag), f"model.fusion.gaff.{key}={_bool(value, _flag_name(flag))}", True))
     if fusion is not None:
-        out.append(f"model.fusion.type={fusion}")
+        out.append((fusion_flag, f"model.fusion.type={fusion}", True))
         if fusion in ("cssa", "gaff"):
             # the original ablation scripts: FRM+FFM at the other stages, fused map into both streams, no drop-path
-            out += ["model.fusion.other=frm_ffm", "model.fusion.flow=fused", "model.drop_path_rate=0.0"]
+            out += [(fusion_flag, text, False)
+                    for text in ("model.fusion.other=frm_ffm", "model.fusion.flow=fused", "model.drop_path_rate=0.0")]
             note.append("original ablation-script flags: CSSA/GAFF at the given stages, FRM+FFM elsewhere, fused "
                         "flow and drop-path 0 as in the original; add model.fusion.flow=separate for a comparison "
                         "matched to the baseline")
     if args.output_dir:
         out_dir = Path(args.output_dir)
-        out += [f"output.root={out_dir.parent}", f"name={out_dir.name}"]
-    return out
+        out += [("--output-dir", f"output.root={out_dir.parent}", True), ("--output-dir", f"name={out_dir.name}", True)]
+    _check_flag_override_conflicts(args, out, explicit or [])
+    return [text for _, text, _ in out]
+
+
+_CSSA_FLAGS = ("cssa_stages", "cssa_thresh", "cssa_kernel")
+_GAFF_FLAGS = ("gaff_stages", "gaff_se_reduction", "gaff_inter_shared", "gaff_merge_bottleneck")
+# keys a flag decides besides those it sets: `--data X data.labels=Y` reads X as a data root where
+# `--data X --labels Y` reads it as the images folder
+_ALSO_CONFLICTS = {"--data": ("data.root", "data.images_dir", "data.labels")}
+_NO_VALUE = object()
+
+
+def _flag_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _flag_text(args: argparse.Namespace, flag: str) -> str:
+    value = getattr(args, flag[2:].replace("-", "_"))
+    return f"{flag} {value}"
+
+
+def _check_fusion_flags(args: argparse.Namespace) -> None:
+    cssa = [_flag_name(f) for f in _CSSA_FLAGS if getattr(args, f) is not None]
+    gaff = [_flag_name(f) for f in _GAFF_FLAGS if getattr(args, f) is not None]
+    if cssa and gaff:
+        raise ConfigError(f"{cssa[0]} and {gaff[0]}: --cssa-* and --gaff-* flags cannot be combined in one run")
+    given = cssa or gaff
+    if args.model and given:
+        kind = "cssa" if cssa else "gaff"
+        if args.model != kind:
+            raise ConfigError(f"--model {args.model} conflicts with {given[0]} (a {kind.upper()} flag): give "
+                              f"--model {kind} or leave --model out")
+
+
+def _check_flag_override_conflicts(args: argparse.Namespace, produced: list[tuple[str, str, bool]],
+                                   explicit: list[str]) -> None:
+    """A flag and a key=value override that set one key (or one inside the other) is an error."""
+    from crossattentiondet.config import parse_override
+
+    claimed: list[tuple[str, str, object]] = []  # (flag, key, the value the flag gives it)
+    for flag, text, conflicts in produced:
+        if conflicts:
+            path, value = parse_override(text)
+            claimed.append((flag, ".".join(path), value))
+    claimed += [(flag, key, _NO_VALUE) for flag, keys in _ALSO_CONFLICTS.items()
+                if any(f == flag for f, _, _ in claimed) for key in keys]
+    for text in explicit:
+        path, value = parse_override(text)
+        key = ".".join(path)
+        for flag, flag_key, flag_value in claimed:
+            if key == flag_key and value == flag_value:
+                continue  # the same value twice (`--backbone mit_b0 model.backbone=mit_b0`) is no conflict
+            if key == flag_key or flag_key.startswith(key + ".") or key.startswith(flag_key + "."):
+                if flag_value is _NO_VALUE:
+                    raise ConfigError(f"{_flag_text(args, flag)} conflicts with the override {text}: give the data "
+                                      "as --data/--labels flags or as data.root/data.images_dir/data.labels "
+                                      "overrides, not both")
+                raise ConfigError(f"{_flag_text(args, flag)} conflicts with the override {text} (both set "
+                                  f"{max(key, flag_key, key=len)}); give it one way, the flag or the override")
 
 
 def _stages(text: str, flag: str) -> str:
@@ -145,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from crossattentiondet.engine.trainer import train
 
     notes: list[str] = []
-    overrides = seed_flag_overrides(args, notes) + list(args.overrides or [])
+    overrides = seed_flag_overrides(args, notes, list(args.overrides or [])) + list(args.overrides or [])
     for note in notes:
         print(f"note: {note}")
     resume = args.resume

@@ -29,11 +29,14 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path)))
+        try:
+            return dict(load_file(str(path)))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a bad header
+            raise ConfigError(f"{path}: not a readable .safetensors file: {' '.join(str(err).split())}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a weights file"
-        raise ConfigError(f"{path}: cannot read pretrained weights: {err}") from None
+        raise ConfigError(f"{path}: cannot read pretrained weights: {' '.join(str(err).split())}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
