@@ -120,6 +120,11 @@ CASES: list[tuple[str, list[str], dict[str, FileSpec], list[str]]] = [
      ["--cssa-stages 3", "model.fusion.stages"]),
     ("--model with model.fusion.type", ["train", "--model", "cssa", "model.fusion.type=gaff"], {},
      ["--model cssa", "model.fusion.type"]),
+    ("study spec with a duplicate key", ["study", "run", "{tmp}/s.yaml"], {"s.yaml": b"name: a\nseeds: [0]\nname: b\n"},
+     ["study spec", "s.yaml", "duplicate key 'name'", "line 3"]),
+    ("study spec not UTF-8", ["study", "run", "{tmp}/s.yaml"], {"s.yaml": b"name: caf\xe9\n"},
+     ["study spec", "s.yaml", "not a UTF-8 text file"]),
+    ("demo --out is a file", ["demo", "--out", "{tmp}/f.txt"], {"f.txt": b"x"}, ["--out", "f.txt", "is a file"]),
     # 8. convert-original on files that are not original checkpoints
     ("convert random bytes", ["convert-original", "{tmp}/r.pth", "{tmp}/out.pt"],
      {"r.pth": random.Random(0).randbytes(512)}, ["r.pth", "not a PyTorch file", "not an original checkpoint"]),
@@ -192,8 +197,23 @@ def test_flags_still_apply_before_overrides() -> None:
     assert config.model.fusion.flow == "separate"  # the explicit override, applied after, wins
 
 
-def test_config_mit_widths_match_the_model_variants() -> None:
+def test_config_mit_widths_build_the_model_variants() -> None:
     from crossattentiondet.config import MIT_WIDTHS
     from crossattentiondet.models.mit import MIT_VARIANTS
 
     assert MIT_WIDTHS == {name: (spec.embed_dims, spec.num_heads) for name, spec in MIT_VARIANTS.items()}
+    assert MIT_VARIANTS["mit_b2"].depths == (3, 4, 6, 3) and MIT_VARIANTS["mit_b0"].embed_dims == (32, 64, 160, 256)
+
+
+def test_an_override_right_after_resume_is_an_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cadet train --resume train.epochs=30`: argparse hands the override to --resume as its path."""
+    seen: dict[str, object] = {}
+
+    def fake_train(config, resume=False):  # noqa: ANN001, ANN202
+        seen.update(config=config, resume=resume)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("crossattentiondet.engine.trainer.train", fake_train)
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", "train.epochs=30", f"output.root={tmp_path}"])
+    assert seen["resume"] is True and seen["config"].train.epochs == 30

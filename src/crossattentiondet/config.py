@@ -352,8 +352,8 @@ class DetectorConfig(StrictModel):
 
 Backbone = Literal["mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"]
 
-# (embed_dims, num_heads) per MiT variant, as in models.mit.MIT_VARIANTS (a test keeps the two equal): repeated
-# here so config checks do not import torch
+# (embed_dims, num_heads) per MiT variant: the one table models.mit.MIT_VARIANTS is built from, kept here so
+# that the config checks overrides against it without importing the models
 MIT_WIDTHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "mit_b0": ((32, 64, 160, 256), (1, 2, 5, 8)),
     **{f"mit_b{i}": ((64, 128, 320, 512), (1, 2, 5, 8)) for i in range(1, 6)},
@@ -694,7 +694,9 @@ def _one_line_yaml_error(err: yaml.YAMLError) -> str:
     return " ".join(str(err).split())
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML or JSON mapping from ``path`` (configs, study specs), with one-line errors for a binary or
+    non-UTF-8 file, a syntax error or a duplicate key."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     data = path.read_bytes()
@@ -902,7 +904,7 @@ def read_config_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     path = resolve_config_path(path)
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: circular 'base:' chain")
-    raw = _read_file(path)
+    raw = read_config_file(path)
     base = raw.pop("base", None)
     if base is None:
         return raw

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from crossattentiondet.config import ConfigError, load_config
-from crossattentiondet.io import atomic_write_text, read_json
+from crossattentiondet.io import atomic_write_text, ensure_writable_dir, read_json
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "fused": ("fused: two streams {streams}, {fusion}", []),  # streams and fusion of preset:demo
@@ -81,7 +81,7 @@ def run_demo(out_dir: str | Path = "cadet_demo", *, overrides: list[str] | None 
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     start = time.perf_counter()
-    out = Path(out_dir)
+    out = ensure_writable_dir(out_dir, "--out")  # before minutes of data generation and training
     base = load_config("preset:demo", overrides)
     if base.eval.bootstrap < 2:
         raise ConfigError("demo: eval.bootstrap must be at least 2 (the demo's intervals are bootstrap intervals)")

@@ -208,13 +208,18 @@ def _bool(text: str, flag: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from crossattentiondet.cli import looks_like_override
     from crossattentiondet.engine.trainer import train
 
     notes: list[str] = []
+    resume = args.resume
+    if isinstance(resume, str) and looks_like_override(resume) and not Path(resume).exists():
+        # `--resume train.epochs=30`: argparse took the override for --resume's optional path
+        args.overrides = [resume, *(args.overrides or [])]
+        resume = True
     overrides = seed_flag_overrides(args, notes, list(args.overrides or [])) + list(args.overrides or [])
     for note in notes:
         print(f"note: {note}")
-    resume = args.resume
     if resume is not False and resume is not True and not args.config and not overrides:
         config = None  # `cadet train --resume runs/x`: the run's own config
     else:

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from crossattentiondet.config import MIT_WIDTHS
+
 
 @dataclass(frozen=True)
 class MiTSpec:
@@ -28,14 +30,11 @@ class MiTSpec:
     block_eps: float = 1e-6  # LayerNorm eps of the blocks and stage norms (patch-embed/sr norms use 1e-5)
 
 
-MIT_VARIANTS: dict[str, MiTSpec] = {
-    "mit_b0": MiTSpec((32, 64, 160, 256), (2, 2, 2, 2)),
-    "mit_b1": MiTSpec((64, 128, 320, 512), (2, 2, 2, 2)),
-    "mit_b2": MiTSpec((64, 128, 320, 512), (3, 4, 6, 3)),
-    "mit_b3": MiTSpec((64, 128, 320, 512), (3, 4, 18, 3)),
-    "mit_b4": MiTSpec((64, 128, 320, 512), (3, 8, 27, 3)),
-    "mit_b5": MiTSpec((64, 128, 320, 512), (3, 6, 40, 3)),
-}
+_DEPTHS = {"mit_b0": (2, 2, 2, 2), "mit_b1": (2, 2, 2, 2), "mit_b2": (3, 4, 6, 3), "mit_b3": (3, 4, 18, 3),
+           "mit_b4": (3, 8, 27, 3), "mit_b5": (3, 6, 40, 3)}
+# widths and heads live in the config module, which checks overrides against them without importing torch
+MIT_VARIANTS: dict[str, MiTSpec] = {name: MiTSpec(MIT_WIDTHS[name][0], depths, MIT_WIDTHS[name][1])
+                                    for name, depths in _DEPTHS.items()}
 
 
 def mit_spec(backbone: str, **overrides: object) -> MiTSpec:

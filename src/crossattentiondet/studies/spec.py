@@ -35,7 +35,6 @@ import string
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -46,7 +45,7 @@ from pydantic import (
     model_validator,
 )
 
-from crossattentiondet.config import ConfigError
+from crossattentiondet.config import ConfigError, read_config_file
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$"  # study, phase and configuration names become folder names
 DEFAULT_SEEDS = 3
@@ -255,11 +254,10 @@ def load_spec(text: str | Path) -> StudySpec:
         raise ConfigError(f"study {text!r}: not a built-in study ({', '.join(BUILTIN_STUDIES)}), a study folder "
                           f"or a spec file{hint}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        first = str(err).replace("\n", " ")
-        raise ConfigError(f"study spec {path}: not valid YAML: {first}") from None
-    return spec_from_dict(raw if raw is not None else {}, str(path), path.parent)
+        raw = read_config_file(path)
+    except ConfigError as err:
+        raise ConfigError(f"study spec {err}") from None
+    return spec_from_dict(raw, str(path), path.parent)
 
 
 def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
