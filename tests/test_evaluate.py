@@ -323,15 +323,15 @@ def test_robustness_skips_unused_and_already_zeroed_modalities() -> None:
     from crossattentiondet.config import build_config
     from crossattentiondet.models import build_detector
 
-    # RGB-only single-stream model: thermal and event are loaded but never read
+    # RGB + thermal single-stream model with RGB zeroed: event is loaded but never read
     cfg = build_config({"model": {
-        "streams": [["rgb"]], "zero_modalities": ["rgb"],
+        "streams": [["rgb", "thermal"]], "zero_modalities": ["rgb"],
         "mit": {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 4]},
         "detector": {"fpn_channels": 32, "box_head_dim": 64},
     }})
     rgb_only = build_detector(cfg, num_classes=2, load_pretrained=False)
     rows = robustness_table(rgb_only, tiny_loader(2), "cpu", class_names=["a", "b"])
-    assert [r["zeroed"] for r in rows] == ["none"]  # rgb is already zeroed, the others are unused
+    assert [r["zeroed"] for r in rows] == ["none", "thermal"]  # rgb is already zeroed, event is unused
     assert rgb_only.zero_modalities == ["rgb"]
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +67,14 @@ def test_kill_after_the_checkpoint_loses_no_metrics_row(data_root: Path, tmp_pat
         leftovers = [run / "checkpoints" / ".last.pt.k1ll3d.tmp", run / ".metrics.csv.x8y7.tmp"]
         for path in leftovers:
             path.write_bytes(b"")
+            os.utime(path, (time.time() - 60, time.time() - 60))  # from the killed process, before this one
+        in_flight = run / ".run.lock.n0w.tmp"  # another process's write, begun after this run started: kept
+        in_flight.write_bytes(b"{")
+        os.utime(in_flight, (time.time() + 3600, time.time() + 3600))
         resumed = train(config, resume=True, echo=lambda _m: None)
     finally:
         os.umask(old_umask)
-    assert resumed.finished and not any(p.exists() for p in leftovers)
+    assert resumed.finished and not any(p.exists() for p in leftovers) and in_flight.exists()
     rows = epoch_rows(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     saved = last["training"]["metrics_rows"][-1]
@@ -157,20 +162,40 @@ def _child(config_args: list[str], resume: bool) -> None:
         os._exit(1)
 
 
-def _run_child(config_args: list[str], resume: bool, kill_after: float | None) -> int | None:
+def _run_child(config_args: list[str], resume: bool, kill_when: Callable[[], bool] | None) -> int:
+    """Fork a training child; SIGKILL it as soon as ``kill_when()`` says so. Returns its exit code."""
     pid = os.fork()
     if pid == 0:
         _child(config_args, resume)
-    if kill_after is not None:
-        deadline = time.monotonic() + kill_after
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.01)
-        os.kill(pid, signal.SIGKILL)
+    while kill_when is not None:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if kill_when():
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def _after(seconds: float) -> Callable[[], bool]:
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() >= deadline
+
+
+def _after_next_checkpoint(checkpoint: Path, then: float) -> Callable[[], bool]:
+    """True ``then`` seconds after ``checkpoint`` changes (a kill at a random moment of the next epoch, its
+    validation, its checkpoint writes or the final evaluation), so each child gets somewhere first."""
+    stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+    deadline: list[float] = []
+
+    def due() -> bool:
+        if not deadline and checkpoint.exists() and checkpoint.stat().st_mtime_ns != stamp:
+            deadline.append(time.monotonic() + then)
+        return bool(deadline) and time.monotonic() >= deadline[0]
+
+    return due
 
 
 @pytest.mark.slow
@@ -185,22 +210,27 @@ def test_sigkill_at_random_points_then_resume_gives_identical_weights(data_root:
     base = [*loader_defaults, f"data.root={data_root}", f"output.root={tmp_path / 'runs'}", "train.epochs=3",
             "data.augment.hflip=0.5"]
     started = time.monotonic()
-    assert _run_child([*base, "name=straight"], resume=False, kill_after=None) == 0
+    assert _run_child([*base, "name=straight"], resume=False, kill_when=None) == 0
     duration = time.monotonic() - started
     rng = np.random.default_rng(20261202)
     killed_run = tmp_path / "runs" / "killed"
+    last = killed_run / "checkpoints" / "last.pt"
+    per_epoch = duration / 5  # 3 epochs plus start-up and the final evaluation, roughly
     kills = resumed_kills = 0
-    for delay in rng.uniform(0.15, 0.45, size=6) * duration:
-        resume = (killed_run / "checkpoints" / "last.pt").exists()
-        code = _run_child([*base, "name=killed"], resume=resume, kill_after=float(delay))
+    for attempt in range(5):
+        resume = last.exists()
+        # the first kill anywhere in the first half (often before any checkpoint: a fresh start follows)
+        when = _after(rng.uniform(0.05, 0.5) * duration) if attempt == 0 else \
+            _after_next_checkpoint(last, rng.uniform(0.0, 1.2) * per_epoch)
+        code = _run_child([*base, "name=killed"], resume=resume, kill_when=when)
         if code == 0:
             break
         assert code == -signal.SIGKILL, code
         kills += 1
         resumed_kills += resume
     else:
-        assert _run_child([*base, "name=killed"], resume=True, kill_after=None) == 0
-    assert kills >= 3 and resumed_kills >= 1, (kills, resumed_kills)
+        assert _run_child([*base, "name=killed"], resume=True, kill_when=None) == 0
+    assert kills >= 3 and resumed_kills >= 2, (kills, resumed_kills)
     straight = tmp_path / "runs" / "straight"
     assert_same_weights(weights(straight / "checkpoints/last.pt"), weights(killed_run / "checkpoints/last.pt"))
     best_a, best_b = load_checkpoint(straight / "checkpoints/best.pt"), load_checkpoint(killed_run / "checkpoints/best.pt")

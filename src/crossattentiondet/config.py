@@ -663,27 +663,15 @@ def _reject_duplicate_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _json_duplicate_line(text: str) -> int | None:
-    """The line of the repeated key the JSON parser reported (its hook has no position): the parser calls
-    the hook as each object closes, so this is the first object to close that holds a key twice."""
-    token = re.compile(r'"(?:[^"\\]|\\.)*"(\s*:)?|[{}\[\]]')
-    stack: list[tuple[set[str], list[int]] | None] = []  # per open object: its keys, its first repeat's line
-    for m in token.finditer(text):
-        tok = m.group(0)
-        if tok == "{":
-            stack.append((set(), []))
-        elif tok == "[":
-            stack.append(None)
-        elif tok in "}]":
-            top = stack.pop() if stack else None
-            if top is not None and top[1]:
-                return top[1][0]
-        elif m.group(1) and stack and stack[-1] is not None:
-            keys, repeats = stack[-1]
-            name = json.loads(tok[: len(tok) - len(m.group(1))])
-            if name in keys and not repeats:
-                repeats.append(text.count("\n", 0, m.start()) + 1)
-            keys.add(name)
+def _located_json_duplicate(text: str) -> DuplicateKeyError | None:
+    """A repeated key in JSON text, with its lines: the JSON parser's hook knows no positions, but YAML
+    reads JSON too and :class:`UniqueKeyLoader` does (None where the YAML reader cannot parse the text)."""
+    try:
+        yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as err:
+        return err
+    except yaml.YAMLError:
+        return None
     return None
 
 
@@ -713,8 +701,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         else:
             raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except DuplicateKeyError as err:
-        line = err.line if err.line is not None else _json_duplicate_line(text)
-        where = f" at line {line}" if line is not None else ""
+        if err.line is None:
+            err = _located_json_duplicate(text) or err
+        where = f" at line {err.line}" if err.line is not None else ""
         first = f" (first at line {err.first_line})" if err.first_line is not None else ""
         raise ConfigError(f"{path}: duplicate key {str(err.key)!r}{where}{first}; give each key once") from None
     except json.JSONDecodeError as err:

@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import secrets
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,29 +18,36 @@ import numpy as np
 TMP_SUFFIX = ".tmp"
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it; restored at once
-    os.umask(mask)
-    return mask
+def _create_temp_file(path: Path) -> Path:
+    """A new empty hidden file next to ``path``, created with mode 0666 so that the kernel applies the umask
+    (``tempfile.mkstemp`` makes 0600 files, and reading the umask means changing it, which races threads)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place.
 
-    The file gets the permissions of an ordinary new file (0666 less the umask; ``mkstemp`` alone gives 0600)
-    and is flushed to disk before the rename, so that after a power loss the name points at complete data.
-    A process killed in between leaves a hidden ``.<name>.*.tmp`` file: :func:`remove_stale_temp_files`.
+    The file gets the permissions of an ordinary new file (0666 less the umask) and is flushed to disk
+    before the rename, so that after a power loss the name points at complete data. A process killed in
+    between leaves a hidden ``.<name>.*.tmp`` file: :func:`remove_stale_temp_files`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp_file(path)
     try:
         write(tmp_path)
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        with open(tmp_path, "rb") as handle:
-            os.fsync(handle.fileno())
+        fd = os.open(tmp_path, os.O_RDWR)  # writable: Windows refuses to fsync a read-only descriptor
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -61,18 +69,23 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+def remove_stale_temp_files(folder: str | Path, older_than: float) -> list[Path]:
     """Delete the temporary files that :func:`atomic_write` leaves when a process is killed mid-write.
 
-    Call only where no other process writes (a run directory under its lock). Returns what was removed.
+    Only files last modified before ``older_than`` (a ``time.time()``, e.g. when this process started):
+    a newer one may be another process's write in flight (a study runner updating the run's lock file).
+    Returns what was removed.
     """
     folder = Path(folder)
     removed = []
     if folder.is_dir():
         for tmp in folder.glob(f".*{TMP_SUFFIX}"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
-                removed.append(tmp)
+            try:
+                if tmp.is_file() and tmp.stat().st_mtime < older_than:
+                    tmp.unlink()
+                    removed.append(tmp)
+            except FileNotFoundError:  # its writer renamed it meanwhile
+                continue
     return removed
 
 

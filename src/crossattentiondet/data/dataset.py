@@ -254,11 +254,6 @@ class EpochBatchSampler(Sampler):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
-def _loader_generator_seed(loader_seed: int, epoch: int) -> int:
-    """Worker seeds of one loader in one epoch: a function of the run seed, split and epoch only."""
-    return (loader_seed * 1_000_003 + epoch) & 0x7FFFFFFFFFFFFFFF
-
-
 def _worker_init(worker_id: int) -> None:
     # each worker decodes one image at a time: nested OpenCV / torch threads would only oversubscribe cores
     import cv2
@@ -287,14 +282,13 @@ class DetectionLoader(DataLoader):
     """A DataLoader with ``set_epoch`` and clean one-line DataErrors from worker processes."""
 
     epoch_sampler: EpochShuffleSampler | None = None
-    loader_seed: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's permutation and augmentation seeds (no-op for evaluation loaders)."""
         if self.epoch_sampler is not None:
             self.epoch_sampler.set_epoch(epoch)
-        if self.generator is not None and self.loader_seed is not None:
-            self.generator.manual_seed(_loader_generator_seed(self.loader_seed, epoch))
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
 
     def close(self) -> None:
         """Stop persistent worker processes now (they would otherwise live until garbage collection)."""
@@ -399,16 +393,15 @@ class PreparedData:
         # The loader's own generator: without one, every new iterator (each epoch, or only the first one with
         # persistent workers) draws its worker base seed from the global torch RNG, so a resumed process would
         # consume that RNG differently from the uninterrupted run and shift RPN/RoI sampling and drop-path.
-        loader_seed = seed + zlib.crc32(split.encode())
+        # (Worker seeds themselves do not matter here: each sample's augmentation has its own generator.)
         generator = torch.Generator()
-        generator.manual_seed(_loader_generator_seed(loader_seed, 0))
+        generator.manual_seed(seed + zlib.crc32(split.encode()))
         loader = DetectionLoader(
             dataset, batch_sampler=batch_sampler, collate_fn=detection_collate, num_workers=workers,
             pin_memory=pin, persistent_workers=settings.persistent_workers and workers > 0,
             prefetch_factor=settings.prefetch_factor if workers > 0 else None,
             worker_init_fn=_worker_init if workers > 0 else None, generator=generator)
         loader.epoch_sampler = epoch_sampler
-        loader.loader_seed = loader_seed
         return loader
 
 
@@ -521,8 +514,10 @@ def prepare_data(config: ExperimentConfig, run_dir: Path | None = None, log: Cal
     for problem in report.warnings:
         if problem.kind == "no_boxes":  # never only an "e.g.": this one makes the whole run meaningless
             log(f"data: warning: {problem}")
-    if report.warnings:
-        log(f"data: {len(report.warnings)} warnings, e.g. {report.warnings[0]}")
+    others = [problem for problem in report.warnings if problem.kind != "no_boxes"]
+    if others:
+        log(f"data: {len(others)} other warnings, e.g. {others[0]}" if len(others) < len(report.warnings)
+            else f"data: {len(others)} warnings, e.g. {others[0]}")
     bad = report.bad_stems
     if bad:
         log(f"data: skipping {len(bad)} of {report.frames} frames with errors (data.on_error=skip), e.g. "

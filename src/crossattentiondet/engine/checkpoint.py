@@ -39,8 +39,10 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
         raise TrainingError(f"cannot write {path}: {err.strerror or err}{_free_space(path)}; the previous "
                             "checkpoint is kept") from None
     except RuntimeError as err:
-        # torch's zip writer reports a full disk as "[enforce fail at inline_container.cc:...] unexpected pos"
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # torch's zip writer reports a full disk as "[enforce fail at inline_container.cc:...] unexpected pos"
+        if "inline_container" not in detail and "PytorchStreamWriter" not in detail:
+            raise
         raise TrainingError(f"cannot write {path}: the write failed, most likely the disk is full{_free_space(path)} "
                             f"(torch: {detail}); the previous checkpoint is kept") from None
 

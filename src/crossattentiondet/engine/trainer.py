@@ -94,6 +94,7 @@ def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False,
     ``stop_after_epoch`` ends this session after that many completed epochs (as if interrupted), leaving a
     resumable run: used for time-boxed jobs and by the resume tests.
     """
+    started = time.time()
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(_resume_path(resume, config))
@@ -122,7 +123,7 @@ def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False,
 
         if info.is_main:  # a process killed mid-write leaves hidden temp files; this run owns the folder now
             for folder in (run_dir, run_dir / "checkpoints", run_dir / "plots"):
-                remove_stale_temp_files(folder)
+                remove_stale_temp_files(folder, older_than=started)
         log = RunLog(run_dir, info.is_main, tensorboard=user_config.output.tensorboard,
                      iteration_csv=user_config.train.iteration_csv, mlflow=user_config.output.mlflow, echo=echo)
         if (note := takeover_message(lock)) is not None:
@@ -288,11 +289,12 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                      log: RunLog) -> dict[str, Any]:
     cfg = config.train
     ddp_model.train()
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    if batch_sampler is not None and hasattr(batch_sampler, "set_epoch"):
-        batch_sampler.set_epoch(epoch)
+    if hasattr(loader, "set_epoch"):  # DetectionLoader: the epoch's permutation, augmentation and worker seeds
+        loader.set_epoch(epoch)
+    else:
+        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
     accumulation = cfg.accumulation
     full_groups = micro_batches // accumulation
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -313,19 +315,19 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
             group_index, position = divmod(i, accumulation)
             group_size = accumulation if group_index < full_groups else micro_batches - full_groups * accumulation
             last_in_group = position == group_size - 1
+            if position == 0:
+                norm_stats.snapshot()  # a skipped update leaves no trace, BatchNorm running statistics included
             if images:  # empty when every frame of the batch was unreadable and skipped (data.on_error=skip)
                 images = [img.to(device, non_blocking=True) for img in images]
                 targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
                 group_stems += [m["stem"] for m in metas]
                 sync = contextlib.nullcontext() if (last_in_group or not info.enabled) else ddp_model.no_sync()
-                norm_stats.snapshot()
                 with sync:
                     with autocast(device, cfg.precision):
                         losses = ddp_model(images, targets)
                     loss = sum(losses.values())
-                    finite = _all_ranks_true(bool(torch.isfinite(loss).item()) and norm_stats.finite(), info, device)
-                    if not finite:  # a skipped batch leaves no trace, BatchNorm running statistics included
-                        norm_stats.restore()
+                    # one device sync: the loss and the BatchNorm statistics this forward pass updated
+                    finite = _all_ranks_true(bool(norm_stats.finite_and(torch.isfinite(loss)).item()), info, device)
                     if finite:
                         scaler.scale(loss / group_size).backward()
                         for key in LOSS_KEYS:
@@ -353,6 +355,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                     ema.update(model)
                 state.bad_streak = 0
             else:
+                norm_stats.restore()
                 skipped += 1
                 state.skipped_total += 1
                 state.bad_streak += 1
@@ -390,32 +393,39 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
 
 # --------------------------------------------------------------------------------------------- helpers
 class BatchNormGuard:
-    """Snapshot and restore BatchNorm running statistics around one training forward pass.
+    """Snapshot and restore BatchNorm running statistics around one accumulation group.
 
-    A forward pass in train mode updates ``running_mean``/``running_var`` before the loss is known; a batch
-    that is skipped because its loss is non-finite (or whose statistics overflowed) must not leave them
-    poisoned, or every later evaluation would be NaN while the weights are fine.
+    A forward pass in train mode updates ``running_mean``/``running_var`` before the loss is known; an update
+    that is skipped (a non-finite loss, gradient or statistic) must not leave them poisoned, or every later
+    evaluation would be NaN while the weights are fine. The copies are allocated once.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.buffers = [buf for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
                         for buf in (module.running_mean, module.running_var, module.num_batches_tracked)
                         if buf is not None]
-        self.saved: list[torch.Tensor] = []
-
-    def snapshot(self) -> None:
+        self.floats = [buf for buf in self.buffers if buf.is_floating_point()]
         self.saved = [buf.detach().clone() for buf in self.buffers]
 
-    def finite(self) -> bool:
-        floats = [buf for buf in self.buffers if buf.is_floating_point()]
-        if not floats:
-            return True
-        return bool(torch.stack([torch.isfinite(buf).all() for buf in floats]).all().item())
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.saved, self.buffers)
 
     @torch.no_grad()
     def restore(self) -> None:
-        for buf, saved in zip(self.buffers, self.saved, strict=True):
-            buf.copy_(saved)
+        if self.buffers:
+            torch._foreach_copy_(self.buffers, self.saved)
+
+    @torch.no_grad()
+    def finite_and(self, flag: torch.Tensor) -> torch.Tensor:
+        """``flag`` (a 0-d bool tensor) and-ed with "every running statistic is finite", without a sync."""
+        for buf in self.floats:
+            flag = flag & torch.isfinite(buf).all()
+        return flag
+
+    def finite(self) -> bool:
+        return bool(self.finite_and(torch.tensor(True, device=self.floats[0].device if self.floats else "cpu")).item())
 
 
 def _evaluate(model: nn.Module, loader: Any, device: torch.device, config: ExperimentConfig, class_names: list[str],
