@@ -178,6 +178,7 @@ def test_bad_input_is_one_error_line(argv: list[str], files: dict[str, FileSpec]
     ["--model", "gaff", "--gaff-stages", "2,3", "--gaff-se-reduction", "8"],
     ["--cssa-stages", "3", "model.fusion.flow=separate", "model.drop_path_rate=0.1"],  # defaults it brings along
     ["--data", "/d", "data.layout=folders"],
+    ["--data", "/d", "data.root=/d"],  # the same value twice
     ["--epochs", "3", "--lr", "0.1", "train.batch_size=4", "train.lr_scaling=linear"],  # train.lr_* is not train.lr
     ["--backbone", "mit_b0", "model.backbone=mit_b0"],  # the same value twice
     ["--epochs", "3", "train.epochs=3"],

@@ -175,7 +175,8 @@ def _check_flag_override_conflicts(args: argparse.Namespace, produced: list[tupl
             path, value = parse_override(text)
             claimed.append((flag, ".".join(path), value))
     claimed += [(flag, key, _NO_VALUE) for flag, keys in _ALSO_CONFLICTS.items()
-                if any(f == flag for f, _, _ in claimed) for key in keys]
+                if any(f == flag for f, _, _ in claimed) for key in keys
+                if not any(f == flag and k == key for f, k, _ in claimed)]  # a key it sets keeps its value
     for text in explicit:
         path, value = parse_override(text)
         key = ".".join(path)
