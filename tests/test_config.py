@@ -298,15 +298,21 @@ def _write(tmp_path: Path, name: str, content: bytes) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    (b"name: a\nname: b\n", "duplicate key 'name' at line 2 (first at line 1)"),
-    (b"train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "duplicate key 'lr' at line 4 (first at line 2)"),
-    (b"model: {fusion: {type: cssa, type: gaff}}\n", "duplicate key 'type' at line 1"),
-    (b"data:\n  modalities:\n    - {name: rgb, channels: 3, channels: 1}\n", "duplicate key 'channels' at line 3"),
-    (b"data:\n  split: {1: a}\nx:\n  1: b\n  1: c\n", "duplicate key '1' at line 5"),
+@pytest.mark.parametrize(("name", "text", "words"), [
+    ("c.yaml", b"name: a\nname: b\n", "duplicate key 'name' at line 2 (first at line 1)"),
+    ("c.yaml", b"train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "duplicate key 'lr' at line 4 (first at line 2)"),
+    ("c.yaml", b"model: {fusion: {type: cssa, type: gaff}}\n", "duplicate key 'type' at line 1"),
+    ("c.yaml", b"data:\n  modalities:\n    - {name: rgb, channels: 3, channels: 1}\n",
+     "duplicate key 'channels' at line 3"),
+    ("c.yaml", b"data:\n  split: {1: a}\nx:\n  1: b\n  1: c\n", "duplicate key '1' at line 5"),
+    ("c.json", b'{"name": "a", "name": "b"}', "duplicate key 'name' at line 1"),
+    ("c.json", b'{"train": {"lr": 0.1,\n  "epochs": 2,\n  "lr": 0.2}}', "duplicate key 'lr' at line 3"),
+    # "stages" twice, but in two objects: the repeat is "name"
+    ("c.json", b'{"cssa": {"stages": [3]},\n "gaff": {"stages": [3]},\n "name": "a", "n": {"x": "}{\\"name\\":"},\n'
+     b' "name": "b"}', "duplicate key 'name' at line 4"),
 ])
-def test_duplicate_yaml_keys_name_file_key_and_line(tmp_path: Path, text: bytes, words: str) -> None:
-    path = _write(tmp_path, "c.yaml", text)
+def test_duplicate_keys_name_file_key_and_line(tmp_path: Path, name: str, text: bytes, words: str) -> None:
+    path = _write(tmp_path, name, text)
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value).startswith(f"{path}: ") and words in str(err.value)
@@ -317,20 +323,6 @@ def test_yaml_merge_keys_may_still_be_overridden() -> None:
 
     text = "a: &c {lr: 0.1, epochs: 3}\ntrain:\n  <<: *c\n  lr: 0.2\n"
     assert yaml.load(text, Loader=UniqueKeyLoader)["train"] == {"lr": 0.2, "epochs": 3}  # noqa: S506
-
-
-@pytest.mark.parametrize(("text", "words"), [
-    (b'{"name": "a", "name": "b"}', "duplicate key 'name' at line 1"),
-    (b'{"train": {"lr": 0.1,\n  "epochs": 2,\n  "lr": 0.2}}', "duplicate key 'lr' at line 3"),
-    # "stages" twice, but in two objects: the repeat is "name"
-    (b'{"cssa": {"stages": [3]},\n "gaff": {"stages": [3]},\n "name": "a", "n": {"x": "}{\\"name\\":"},\n'
-     b' "name": "b"}', "duplicate key 'name' at line 4"),
-])
-def test_duplicate_json_keys_name_file_key_and_line(tmp_path: Path, text: bytes, words: str) -> None:
-    path = _write(tmp_path, "c.json", text)
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert str(err.value).startswith(f"{path}: ") and words in str(err.value)
 
 
 def test_duplicate_key_inside_an_override_value() -> None:

@@ -511,13 +511,14 @@ def prepare_data(config: ExperimentConfig, run_dir: Path | None = None, log: Cal
     if report.fatal or (report.errors and data.on_error == "fail"):
         hint = "" if report.fatal else "; fix them or set data.on_error=skip to leave those frames out"
         raise DataError(f"data check of {root} failed{hint}: {report.describe_errors()}")
+    others = []
     for problem in report.warnings:
         if problem.kind == "no_boxes":  # never only an "e.g.": this one makes the whole run meaningless
             log(f"data: warning: {problem}")
-    others = [problem for problem in report.warnings if problem.kind != "no_boxes"]
+        else:
+            others.append(problem)
     if others:
-        log(f"data: {len(others)} other warnings, e.g. {others[0]}" if len(others) < len(report.warnings)
-            else f"data: {len(others)} warnings, e.g. {others[0]}")
+        log(f"data: {len(others)} warnings, e.g. {others[0]}")
     bad = report.bad_stems
     if bad:
         log(f"data: skipping {len(bad)} of {report.frames} frames with errors (data.on_error=skip), e.g. "

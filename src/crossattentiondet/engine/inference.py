@@ -39,6 +39,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
     Writes predictions, metrics.json and plots into ``out_dir`` (default: <run>/eval_<split>[_<data name>]).
     """
     from crossattentiondet.data import prepare_data
+    from crossattentiondet.data.layouts import check_root
     from crossattentiondet.engine.report import evaluate_split
 
     checkpoint = load_checkpoint(path)
@@ -49,8 +50,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
     name = split
     if data_root is not None:
         data_root = Path(data_root)
-        if not data_root.exists():  # said before an output folder is made for it
-            raise DataError(f"data root not found: {data_root}")
+        check_root(data_root)  # said before an output folder is made for it
         tree["data"] = {**tree["data"], "root": str(data_root), "images_dir": None, "labels": None,
                         "layout": "auto"}
         split_run_dir = None  # another data set: its own split, nothing from the run

@@ -89,15 +89,15 @@ def run_local(plan: StudyPlan, runs: list[PlannedRun], *, max_parallel: int = 1,
     total = len(runs)
     counter = iter(range(1, total + 1))
 
+    def locked_echo(line: str) -> None:
+        with guard_print:
+            echo(line)
+
     def one(run: PlannedRun) -> RunOutcome:
         assert run.run_dir is not None
-        root = missing_data_root(run)
-        if root is not None:  # fails at once without a training process; the other runs go on
-            outcome = record_unstartable(run.run_dir, run.key, f"data.root not found: {root}")
-            with guard_print:
-                echo(_describe(run, outcome))
-            append_study_log(plan.study_dir, _describe(run, outcome))
-            return outcome
+        failed = _fail_without_data(plan, run, locked_echo)  # at once, no training process; the others go on
+        if failed is not None:
+            return failed
         slot = slots.get()
         try:
             env = slot_environment(slot, max_parallel, gpus)
@@ -265,6 +265,19 @@ def parse_parameters(texts: list[str]) -> dict[str, Any]:
     return out
 
 
+def _fail_without_data(plan: StudyPlan, run: PlannedRun, echo: Callable[[str], None]) -> RunOutcome | None:
+    """Record ``run`` as failed when its data.root does not exist (None: it exists, the run can start)."""
+    root = missing_data_root(run)
+    if root is None:
+        return None
+    assert run.run_dir is not None
+    outcome = record_unstartable(run.run_dir, run.key, f"data.root not found: {root}")
+    line = _describe(run, outcome)
+    echo(line)
+    append_study_log(plan.study_dir, line)
+    return outcome
+
+
 def submit_study(plan: StudyPlan, executor: Any, *, retry_failed: bool = True, resubmit: bool = False,
                  max_runs: int | None = None, echo: Callable[[str], None] = print) -> list[Any]:
     """Submit every runnable run of ``plan`` as one job array; returns the submitit jobs.
@@ -275,11 +288,8 @@ def submit_study(plan: StudyPlan, executor: Any, *, retry_failed: bool = True, r
     if max_runs is not None:
         todo = todo[:max_runs]
     for run in [r for r in todo if missing_data_root(r) is not None]:  # recorded as failed, not submitted
-        assert run.run_dir is not None
         write_run_config(plan, run)
-        outcome = record_unstartable(run.run_dir, run.key, f"data.root not found: {missing_data_root(run)}")
-        echo(_describe(run, outcome))
-        append_study_log(plan.study_dir, _describe(run, outcome))
+        _fail_without_data(plan, run, echo)
         todo.remove(run)
     if not todo:
         return []
