@@ -17,6 +17,15 @@ Conventions (where the formats are loose):
   ``difficult`` objects are kept. Names: ``data.names``, else the layout's known classes in their usual
   order followed by any other name found, sorted.
 
+* KAIST (the Caltech/Piotr toolbox text format, ``% bbGt version=3`` then one object per line
+  ``label x y w h occ xv yv wv hv ign ang``; the original, "sanitized" and "paired" annotations share it):
+  files ``<labels>/setNN/VNNN/INNNNN.txt`` (flat names ``setNN_VNNN_INNNNN.txt`` too); paired annotations keep
+  one file per modality, in a folder named after the modality's folder (``.../visible/INNNNN.txt``,
+  ``.../lwir/INNNNN.txt``), and one modality's boxes are read (:func:`load_kaist_labels`). ``person`` is the
+  class; ``people``, ``cyclist``, ``person?``, any box with ``ign`` 1 and any other label (a warning) are
+  ignore regions. ``occ`` (0 none, 1 partial, 2 heavy) is kept per box. Boxes reaching past the image
+  (people leaving the frame) are clipped to it without a problem.
+
 Coordinates may exceed the image by a small tolerance (rounding in annotation tools) and are clipped;
 beyond it they are an ``out_of_range`` problem.
 """
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +44,10 @@ import numpy as np
 
 from crossattentiondet.data.imageio import broken_link_detail, is_broken_link, is_listed_file
 from crossattentiondet.data.problems import Problem
+from crossattentiondet.data.sample import BoxAnnotations
 from crossattentiondet.errors import DataError
 
-LabelFormat = Literal["yolo", "coco", "voc"]
+LabelFormat = Literal["yolo", "coco", "voc", "kaist"]
 NORMALISED_TOLERANCE = 1e-3  # YOLO: 0.1 % of the image side
 PIXEL_TOLERANCE = 1.0  # COCO/VOC: one pixel (or 0.1 % of the side, whichever is larger)
 # Label text is read as UTF-8 with an optional byte-order mark (Windows editors write one): "utf-8-sig".
@@ -54,6 +65,9 @@ class FrameLabels:
     where: list[str] = field(default_factory=list)  # "line 3", "annotation id 7", "object 2" per box
     problems: list[Problem] = field(default_factory=list)  # parse problems (their stem is filled in later)
     declared_size: tuple[int, int] | None = None  # (width, height) written in COCO / VOC
+    occlusion: list[int] | None = None  # per box, where the format has it (KAIST: 0 none, 1 partial, 2 heavy)
+    ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float64))  # absolute xyxy
+    clip: bool = False  # boxes may reach past the image and are clipped without a problem (KAIST)
 
 
 @dataclass
@@ -69,6 +83,7 @@ class LabelSet:
     class_names: list[str] = field(default_factory=list)
     class_index: dict[int | str, int] = field(default_factory=dict)  # key -> 1-based label
     names_source: str = ""
+    notes: list[str] = field(default_factory=list)  # what the reader chose, worth logging (KAIST variant)
 
 
 def detect_label_format(path: Path) -> LabelFormat:
@@ -305,6 +320,153 @@ def _load_voc(folder: Path) -> LabelSet:
     return labels
 
 
+# ----------------------------------------------------------------------------------------------- KAIST
+KAIST_CLASS = "person"
+KAIST_IGNORE_LABELS = ("people", "cyclist", "person?")
+_KAIST_SET = re.compile(r"^set\d+$")
+_KAIST_VIDEO = re.compile(r"^V\d+$")
+_KAIST_FRAME = re.compile(r"^I\d+$")
+
+
+def kaist_stem(parts: tuple[str, ...] | list[str]) -> tuple[str | None, list[str]]:
+    """``setNN_VNNN_INNNNN`` from the parts of a KAIST path (``set06/V000/I00019``, ``set06_V000_I00019``,
+    ``set06/V000/lwir/I00019``), and the parts that are neither set, video nor frame (a modality folder).
+
+    The stem keeps set and video, so that the splitter groups whole sequences (``group_by: auto``) and the
+    day/night subsets can tell the set. None when set, video or frame is missing.
+    """
+    tokens = [t for part in parts for t in part.split("_") if t]
+    found: dict[str, str] = {}
+    rest = []
+    for token in tokens:
+        for key, pattern in (("set", _KAIST_SET), ("video", _KAIST_VIDEO), ("frame", _KAIST_FRAME)):
+            if pattern.match(token) and key not in found:
+                found[key] = token
+                break
+        else:
+            rest.append(token)
+    if len(found) < 3:
+        return None, rest
+    return f"{found['set']}_{found['video']}_{found['frame']}", rest
+
+
+def load_kaist_labels(folder: Path, modality_folders: dict[str, str], label_modality: str | None) -> LabelSet:
+    """Parse KAIST annotations (original, sanitized or paired; see the module docstring) under ``folder``.
+
+    ``modality_folders`` maps each modality's image folder name (``visible``, ``lwir``) to the modality name;
+    ``label_modality`` (a modality name or folder name; None: the thermal one) picks whose boxes paired
+    annotations give. DataError when paired annotations lack that modality. Parse problems are recorded.
+    """
+    labels = LabelSet("kaist", folder, {})
+    per_modality: dict[str, dict[str, Path]] = {}
+    unnamed: list[str] = []
+    for path in sorted(folder.rglob("*.txt")):
+        if not is_listed_file(path):
+            continue
+        relative = path.relative_to(folder).with_suffix("")
+        stem, rest = kaist_stem(relative.parts)
+        if stem is None:
+            unnamed.append(str(path))
+            continue
+        names = [*relative.parts[:-1], *rest]  # a modality folder, or a modality token of a flat name
+        modality = next((modality_folders[t] for t in names if t in modality_folders), "")
+        files = per_modality.setdefault(modality, {})
+        if stem in files:
+            labels.duplicates.setdefault(stem, [str(files[stem])]).append(str(path))
+            continue
+        files[stem] = path
+    if unnamed:
+        labels.problems.append(Problem("orphan_label", unnamed[0], f"{len(unnamed)} .txt file(s) under {folder} "
+                                       "name no setNN/VNNN/INNNNN frame and are not read", severity="warning"))
+    paired = sorted(m for m in per_modality if m)
+    if paired:
+        chosen = _paired_choice(folder, paired, modality_folders, label_modality)
+        labels.notes.append(f"paired KAIST annotations in {folder} (boxes per modality: {', '.join(paired)}): "
+                            f"the {chosen} boxes are the labels (data.label_modality)")
+        files = per_modality[chosen]
+        if per_modality.get(""):
+            labels.notes.append(f"{len(per_modality[''])} annotation files under {folder} name no modality "
+                                "folder and are not read (paired annotations)")
+    else:
+        files = per_modality.get("", {})
+        if label_modality is not None:
+            labels.notes.append(f"data.label_modality={label_modality!r} is not used: the annotations in {folder} "
+                                "are not paired (one box file per frame for all modalities)")
+    for stem, path in files.items():
+        labels.frames[stem] = _read_kaist_file(path)
+    return labels
+
+
+def _paired_choice(folder: Path, paired: list[str], modality_folders: dict[str, str],
+                   label_modality: str | None) -> str:
+    """The modality whose boxes paired annotations give: ``label_modality`` (name or folder), else thermal.
+
+    Thermal (the ``lwir`` folder) by default: half of KAIST is filmed at night, where many pedestrians are
+    barely visible in the colour image and its boxes are the less certain ones, while the thermal image
+    shows every pedestrian by day and night.
+    """
+    if label_modality is None:
+        preferred = [modality_folders.get("lwir"), "thermal"]
+        return next((name for name in preferred if name in paired), paired[0])
+    wanted = modality_folders.get(label_modality, label_modality)
+    if wanted not in paired:
+        raise DataError(f"{folder}: data.label_modality={label_modality!r} has no paired annotations here "
+                        f"(found boxes for {', '.join(paired)})")
+    return wanted
+
+
+def _read_kaist_file(path: Path) -> FrameLabels:
+    frame = FrameLabels(str(path), normalised=False, occlusion=[], clip=True)
+    try:
+        text = path.read_text(encoding=TEXT_ENCODING)
+    except (OSError, UnicodeDecodeError) as err:
+        frame.problems.append(_unreadable(path, "KAIST annotation", err))
+        return frame
+    boxes, ignored = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("%"):  # "% bbGt version=3" header
+            continue
+        where = f"line {number}"
+        parts = stripped.split()
+        if len(parts) < 6:
+            frame.problems.append(Problem("bad_label", str(path), f"{where}: expected label x y w h occ ... "
+                                          f"(bbGt format), got {len(parts)} values"))
+            continue
+        try:
+            x, y, w, h = (float(v) for v in parts[1:5])
+            occ = int(float(parts[5]))
+            ign = int(float(parts[10])) if len(parts) > 10 else 0
+        except ValueError:
+            frame.problems.append(Problem("bad_label", str(path), f"{where}: x y w h occ ... must be numbers: "
+                                          f"{stripped!r}"))
+            continue
+        if not _finite([x, y, w, h]):
+            frame.problems.append(Problem("not_finite", str(path), f"{where}: NaN/inf value: {stripped!r}"))
+            continue
+        if w <= 0 or h <= 0:
+            # KAIST's own files hold a few degenerate boxes: not worth stopping a run, but counted
+            frame.problems.append(Problem("zero_area", str(path), f"{where}: zero-area box (w={w:g}, h={h:g}) "
+                                          "left out", severity="warning"))
+            continue
+        label = parts[0]
+        box = (x, y, x + w, y + h)
+        if label == KAIST_CLASS and not ign:
+            boxes.append(box)
+            frame.keys.append(KAIST_CLASS)
+            frame.where.append(where)
+            frame.occlusion.append(occ)  # type: ignore[union-attr]
+            continue
+        if label != KAIST_CLASS and label not in KAIST_IGNORE_LABELS:
+            frame.problems.append(Problem("unnamed_class", str(path), f"{where}: label {label!r} is not a KAIST "
+                                          f"label ({KAIST_CLASS}, {', '.join(KAIST_IGNORE_LABELS)}); used as an "
+                                          "ignore region", severity="warning"))
+        ignored.append(box)
+    frame.boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    frame.ignore_boxes = np.asarray(ignored, np.float64).reshape(-1, 4)
+    return frame
+
+
 def _numbered_names(path: Path) -> list[tuple[int, str]]:
     lines = path.read_text(encoding=TEXT_ENCODING).splitlines()
     return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
@@ -376,6 +538,12 @@ def resolve_classes(labels: LabelSet, names: list[str] | None, names_files: list
                 labels.problems.append(Problem("duplicate_class", str(labels.path), "category names listed more "
                                                f"than once in 'categories': {_listing(repeated, 'ids')}; list each "
                                                "class once (or set data.names to merge them)"))
+    elif labels.format == "kaist":
+        if names is not None and list(names) != [KAIST_CLASS]:
+            raise DataError(f"data.names {list(names)}: KAIST annotations have the one class {KAIST_CLASS!r} "
+                            f"(people, cyclist and person? are ignore regions); leave data.names unset")
+        labels.class_names, labels.names_source = [KAIST_CLASS], "KAIST (person)"
+        labels.class_index = {KAIST_CLASS: 1}
     else:
         if names is not None:
             labels.class_names, labels.names_source = list(names), "data.names"
@@ -406,30 +574,53 @@ def boxes_for_frame(frame: FrameLabels, labels: LabelSet, width: int, height: in
     Boxes whose class has no name are left out (they are reported by :func:`resolve_classes`); boxes
     beyond the image by more than the tolerance are left out and reported here.
     """
+    annotations, problems = frame_annotations(frame, labels, width, height, stem)
+    return annotations.boxes, annotations.labels, problems
+
+
+def _clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray | None:
+    clipped = np.clip(box, 0, [width, height, width, height])
+    return None if clipped[2] <= clipped[0] or clipped[3] <= clipped[1] else clipped
+
+
+def frame_annotations(frame: FrameLabels, labels: LabelSet, width: int, height: int, stem: str
+                      ) -> tuple[BoxAnnotations, list[Problem]]:
+    """:func:`boxes_for_frame` with the per-box occlusion and the ignore regions (clipped to the image)."""
     problems: list[Problem] = []
-    keep_boxes, keep_labels = [], []
+    keep_boxes, keep_labels, keep_occlusion = [], [], []
     scale = np.array([width, height, width, height], np.float64) if frame.normalised else None
     tol_x = max(PIXEL_TOLERANCE, NORMALISED_TOLERANCE * width)
     tol_y = max(PIXEL_TOLERANCE, NORMALISED_TOLERANCE * height)
-    for box, key, where in zip(frame.boxes, frame.keys, frame.where):
+    occlusion = frame.occlusion if frame.occlusion is not None else [0] * len(frame.keys)
+    for box, key, where, occ in zip(frame.boxes, frame.keys, frame.where, occlusion):
         label = labels.class_index.get(key)
         if label is None:
             continue
         if scale is not None:
             box = box * scale
-        else:
+        elif not frame.clip:
             x0, y0, x1, y1 = box
             if x0 < -tol_x or y0 < -tol_y or x1 > width + tol_x or y1 > height + tol_y:
                 problems.append(Problem("out_of_range", frame.path,
                                         f"{where}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) outside the "
                                         f"{width}x{height} image", stem))
                 continue
-        clipped = np.clip(box, 0, [width, height, width, height])
-        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-            problems.append(Problem("zero_area", frame.path, f"{where}: zero-area box after clipping to the image",
-                                    stem))
+        clipped = _clip_box(box, width, height)
+        if clipped is None:
+            if frame.clip:  # a box wholly outside the image (KAIST): nothing of it to learn, not an error
+                problems.append(Problem("zero_area", frame.path, f"{where}: box outside the {width}x{height} "
+                                        "image, left out", stem, "warning"))
+            else:
+                problems.append(Problem("zero_area", frame.path,
+                                        f"{where}: zero-area box after clipping to the image", stem))
             continue
         keep_boxes.append(clipped)
         keep_labels.append(label)
-    boxes = np.asarray(keep_boxes, np.float32).reshape(-1, 4)
-    return boxes, np.asarray(keep_labels, np.int64), problems
+        keep_occlusion.append(occ)
+    ignore = [c for c in (_clip_box(b, width, height) for b in frame.ignore_boxes) if c is not None]
+    return BoxAnnotations(
+        boxes=np.asarray(keep_boxes, np.float32).reshape(-1, 4),
+        labels=np.asarray(keep_labels, np.int64),
+        occlusion=np.asarray(keep_occlusion, np.int64) if frame.occlusion is not None else None,
+        ignore_boxes=np.asarray(ignore, np.float32).reshape(-1, 4),
+    ), problems

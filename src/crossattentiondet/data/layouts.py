@@ -12,6 +12,10 @@ flir       ``JPEGImages/`` with ``FLIR_xxxxx_RGB.jpg`` and                      
                                                                                   .txt``
 m3fd       ``Vis/`` and ``Ir/`` (M3FD_Detection, Liu et al. 2022)                  ``Annotation/`` VOC;
                                                                                   ``meta/test.txt`` if present
+kaist      ``setNN/VNNN/visible/INNNNN.jpg`` and ``setNN/VNNN/lwir/INNNNN.jpg``      ``annotations/`` bbGt text
+           (KAIST multispectral pedestrians, Hwang et al. 2015); frames are named    (original, sanitized or
+           ``setNN_VNNN_INNNNN``                                                     paired); ``test-all-20.txt``
+                                                                                  (or sets 06-11) = test
 folders    one folder per configured modality, named after the modality (or its  ``labels/`` YOLO,
            ``source``), e.g. ``rgb/ thermal/ event/`` from ``cadet data synth``   ``Annotations/`` VOC or
                                                                                   ``annotations.json`` COCO
@@ -19,11 +23,19 @@ folders    one folder per configured modality, named after the modality (or its 
 
 A preset maps modality names to folders (``rgb`` -> ``visible``, ``thermal`` -> ``infrared`` ...). When
 ``data.modalities`` is left at its default (rgb + thermal + event), modalities a layout does not have are
-dropped (LLVIP, FLIR and M3FD have no event camera); with user-defined modalities every one must be found.
+dropped (LLVIP, FLIR, M3FD and KAIST have no event camera); with user-defined modalities every one must be found.
+
+KAIST keeps each modality in a sub-folder of every video (``set00/V000/lwir/``): there a modality's
+``source`` names that sub-folder. Its image lists (``train-all-02.txt``, ``test-all-20.txt``, found in the
+root, ``imageSets/`` or ``splits/``; or ``data.split.*_file``) sample frames of their videos: the test list is
+the test split, and the frames of listed videos that no list names are left out (counted in the log), so
+that no neighbour of a test frame is trained on. Without a test list, sets 06-11 (KAIST's test sets) are
+the test split.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +43,7 @@ from crossattentiondet.config import DataConfig
 from crossattentiondet.data.imageio import IMAGE_EXTENSIONS
 from crossattentiondet.errors import DataError
 
-LAYOUTS = ("original", "folders", "llvip", "flir", "m3fd")
+LAYOUTS = ("original", "folders", "llvip", "flir", "m3fd", "kaist")
 # Sub-folders of a modality folder that carry a data set's own partition (LLVIP: train/ and test/).
 PARTITION_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -61,9 +73,20 @@ PRESETS: dict[str, FolderPreset] = {
         "m3fd", {"rgb": ("Vis", ""), "thermal": ("Ir", "")}, ("Annotation",), "voc",
         partition_files={"train": ("meta/train.txt",), "val": ("meta/val.txt",), "test": ("meta/test.txt",)},
         class_names=("People", "Car", "Bus", "Motorcycle", "Lamp", "Truck")),
+    "kaist": FolderPreset(
+        "kaist", {"rgb": ("visible", ""), "thermal": ("lwir", "")},
+        ("annotations", "annotations_paired", "annotations-paired"), "kaist",
+        partition_files={
+            "train": tuple(f"{d}train-all-{n}.txt" for n in ("02", "20", "04", "01")
+                           for d in ("", "imageSets/", "splits/")),
+            "test": tuple(f"{d}test-all-20.txt" for d in ("", "imageSets/", "splits/"))},
+        class_names=("person",)),
     "folders": FolderPreset(
         "folders", labels=("labels", "Annotations", "annotations.json", "labels.json", "instances.json")),
 }
+KAIST_SET = re.compile(r"^set(\d+)$")
+KAIST_VIDEO = re.compile(r"^V\d+$")
+KAIST_TEST_SETS = range(6, 12)  # set06-set11: KAIST's test sets (Hwang et al. 2015)
 
 
 def _has_files(folder: Path, suffixes: tuple[str, ...], marker: str = "") -> bool:
@@ -104,6 +127,18 @@ def no_frames_message(root: Path, empty: list[Path]) -> str:
     return f"{root}: no frames to read, the folder {names[0]} is empty"
 
 
+def kaist_videos(root: Path) -> list[Path]:
+    """The video folders of a KAIST tree (``root/setNN/VNNN``), sorted."""
+    sets = sorted(p for p in root.iterdir() if p.is_dir() and KAIST_SET.match(p.name)) if root.is_dir() else []
+    return [v for s in sets for v in sorted(s.iterdir()) if v.is_dir() and KAIST_VIDEO.match(v.name)]
+
+
+def kaist_set_number(stem: str) -> int | None:
+    """The set number of a KAIST frame name (6 for ``set06_V000_I00019``), None for another name."""
+    match = KAIST_SET.match(stem.split("_", 1)[0])
+    return int(match.group(1)) if match else None
+
+
 def _data_folder_names(data: DataConfig) -> set[str]:
     """Folder names some layout reads frames or labels from."""
     names = {"images", "labels"} | {m.source if isinstance(m.source, str) else m.name for m in data.modalities}
@@ -124,6 +159,8 @@ def detect_layout(root: Path, data: DataConfig | None = None) -> str:
         return "flir"
     if (root / "Vis").is_dir() and (root / "Ir").is_dir():
         return "m3fd"
+    if any((video / "visible").is_dir() or (video / "lwir").is_dir() for video in kaist_videos(root)):
+        return "kaist"
     folders = modality_folder_candidates(data, root)
     found = [name for name, folder in folders.items() if folder.is_dir()]
     if found and (len(found) == len(folders) or len(found) >= 2):
@@ -137,5 +174,6 @@ def detect_layout(root: Path, data: DataConfig | None = None) -> str:
     raise DataError(
         f"{root}: cannot tell the data layout (found {', '.join(present) or 'no folders'}); expected images/ + "
         "labels/ (original), visible/ + infrared/ + Annotations/ (llvip), JPEGImages/ + Annotations/ (flir), "
-        f"Vis/ + Ir/ + Annotation/ (m3fd) or one folder per modality ({', '.join(folders)}); "
+        f"Vis/ + Ir/ + Annotation/ (m3fd), set00/V000/visible/ + lwir/ + annotations/ (kaist) or one folder "
+        f"per modality ({', '.join(folders)}); "
         "say it with --layout / data.layout")

@@ -2,7 +2,12 @@
 
 A :class:`Sample` holds one frame: per-modality arrays in their native dtype (uint8 or uint16, shape
 (H, W, C), all modalities the same H and W), boxes in absolute pixel xyxy (float32), and 1-based class
-labels (int64; 0 is the detector's background). :func:`to_model_input` turns it into the model's input:
+labels (int64; 0 is the detector's background). Two optional extras, for data sets that annotate them
+(KAIST): ``occlusion`` per box (0 none, 1 partial, 2 heavy; None when the labels do not say) and
+``ignore_boxes``, regions that are neither objects nor background (crowds, cyclists, unsure persons): they
+are never training targets, and evaluation (MR^-2) neither counts them as misses nor detections on them as
+false positives. :class:`BoxAnnotations` is the same box information without the pixels.
+:func:`to_model_input` turns a sample into the model's input:
 one (C_total, H, W) tensor with the modalities concatenated in config order (uint8 when every modality is
 uint8, else uint16, uint8 values promoted without rescaling), and a torchvision target dict.
 """
@@ -15,12 +20,28 @@ import numpy as np
 import torch
 
 
+def _no_boxes() -> np.ndarray:
+    return np.zeros((0, 4), np.float32)
+
+
+@dataclass
+class BoxAnnotations:
+    """The labelled boxes of one frame, without its pixels (what evaluation needs from the labels)."""
+
+    boxes: np.ndarray = field(default_factory=_no_boxes)  # (N, 4) xyxy float32: the objects
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # (N,) 1-based
+    occlusion: np.ndarray | None = None  # (N,) int64: 0 none, 1 partial, 2 heavy; None: not annotated
+    ignore_boxes: np.ndarray = field(default_factory=_no_boxes)  # (K, 4) xyxy float32: ignore regions
+
+
 @dataclass
 class Sample:
     stem: str
     modalities: dict[str, np.ndarray]
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    boxes: np.ndarray = field(default_factory=_no_boxes)
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    occlusion: np.ndarray | None = None  # per box of ``boxes`` (see the module docstring), or None
+    ignore_boxes: np.ndarray = field(default_factory=_no_boxes)
 
     @property
     def height(self) -> int:
@@ -32,7 +53,8 @@ class Sample:
 
 
 def to_model_input(sample: Sample, modality_order: list[str], image_id: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(image, target) for the detector; ``target`` has boxes, labels, image_id."""
+    """(image, target) for the detector; ``target`` has boxes, labels, image_id (ignore regions are no
+    targets: evaluation reads them from the data source, see :meth:`DataSource.annotations`)."""
     arrays = [sample.modalities[name] for name in modality_order]
     wide = any(a.dtype == np.uint16 for a in arrays)
     dtype = np.uint16 if wide else np.uint8

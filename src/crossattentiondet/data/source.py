@@ -28,12 +28,15 @@ from crossattentiondet.data.imageio import (
 from crossattentiondet.data.labels import (
     TEXT_ENCODING,
     LabelSet,
-    boxes_for_frame,
     detect_label_format,
+    frame_annotations,
+    kaist_stem,
+    load_kaist_labels,
     load_labels,
     resolve_classes,
 )
 from crossattentiondet.data.layouts import (
+    KAIST_TEST_SETS,
     LAYOUTS,
     PARTITION_FOLDERS,
     PRESETS,
@@ -41,10 +44,12 @@ from crossattentiondet.data.layouts import (
     check_root,
     detect_layout,
     is_empty_folder,
+    kaist_set_number,
+    kaist_videos,
     no_frames_message,
 )
 from crossattentiondet.data.problems import FrameInfo, Problem
-from crossattentiondet.data.sample import Sample
+from crossattentiondet.data.sample import BoxAnnotations, Sample
 from crossattentiondet.errors import DataError
 
 # Files a data set may carry to describe itself; a modality ``scale`` recorded there is used when the
@@ -138,16 +143,24 @@ def effective_modalities(data: DataConfig, layout: str, root: Path) -> tuple[lis
             folder, suffix = preset.folders[m.name]
         else:
             folder, suffix = m.name, m.suffix
-        if not (root / folder).is_dir():
+        if not _has_modality_folder(root, layout, folder):
             if default:
                 notes.append(f"layout {layout}: no {folder}/ folder, modality '{m.name}' is not used")
                 continue
-            raise DataError(f"{root / folder}: folder of modality '{m.name}' not found (layout {layout}); set "
+            where = root / "setNN/VNNN" / folder if layout == "kaist" else root / folder
+            raise DataError(f"{where}: folder of modality '{m.name}' not found (layout {layout}); set "
                             f"data.modalities[].source to the modality's folder")
         found.append(m.model_copy(update={"source": folder, "suffix": suffix}))
     if not found:
         raise DataError(f"{root}: none of the modalities {[m.name for m in data.modalities]} has a folder")
     return found, notes
+
+
+def _has_modality_folder(root: Path, layout: str, folder: str) -> bool:
+    """Whether the modality folder exists: ``root/folder``, or in some video of a KAIST tree."""
+    if layout == "kaist":
+        return any((video / folder).is_dir() for video in kaist_videos(root))
+    return (root / folder).is_dir()
 
 
 class DataSource(ABC):
@@ -175,6 +188,7 @@ class DataSource(ABC):
         self.metadata_path = metadata_file(root) if self.scale_hints else None  # where the hints come from
         self.label_of: dict[str, str] = {}  # frame stem -> label stem
         self.stems: list[str] = []
+        self.left_out: set[str] = set()  # frames the layout leaves out on purpose (KAIST lists): no orphan labels
         self.labels: LabelSet
 
     # ------------------------------------------------------------------------------------ building
@@ -207,7 +221,12 @@ class DataSource(ABC):
         if (fmt == "coco") != path.is_file():
             wanted = "a COCO .json file" if fmt == "coco" else f"a folder of {fmt.upper()} files"
             raise DataError(f"{path}: label format {fmt} needs {wanted} (data.labels / data.label_format)")
-        self.labels = load_labels(path, fmt)  # type: ignore[arg-type]
+        if fmt == "kaist":
+            folders = {str(m.source): m.name for m in self.modalities}
+            self.labels = load_kaist_labels(path, folders, data.label_modality)
+            self.notes.extend(self.labels.notes)
+        else:
+            self.labels = load_labels(path, fmt)  # type: ignore[arg-type]
         label_dir = path if path.is_dir() else path.parent
         unnamed = resolve_classes(self.labels, data.names, [self.root / "classes.txt", label_dir / "classes.txt"],
                                   self.preset.class_names if self.preset else ())
@@ -221,8 +240,9 @@ class DataSource(ABC):
                     stem = label_stem[: -len(suffix)]
                     break
             if stem is None:
-                self._add(Problem("orphan_label", frame_labels.path, "label without an image (no frame "
-                                  f"'{label_stem}')", None, "warning"))
+                if label_stem not in self.left_out:
+                    self._add(Problem("orphan_label", frame_labels.path, "label without an image (no frame "
+                                      f"'{label_stem}')", None, "warning"))
                 continue
             if stem in claimed:
                 self._add(Problem("duplicate_stem", frame_labels.path, f"second label for frame '{stem}' (first: "
@@ -286,6 +306,15 @@ class DataSource(ABC):
         frame = self.labels.frames[label_stem]
         return sum(1 for k in frame.keys if k in self.labels.class_index)
 
+    def annotations(self, stem: str, width: int, height: int) -> BoxAnnotations:
+        """The frame's boxes, occlusion and ignore regions for an image of ``width`` x ``height``, read from
+        the labels alone (no pixels: what evaluation needs); empty for a frame without labels."""
+        label_stem = self.label_of.get(stem)
+        if label_stem is None:
+            return BoxAnnotations()
+        annotations, _ = frame_annotations(self.labels.frames[label_stem], self.labels, width, height, stem)
+        return annotations
+
     def modality_file(self, stem: str, modality: str) -> Path | None:
         """The file holding ``modality`` of frame ``stem`` (the .npy file in the original layout)."""
         files = self.files.get(stem, {})
@@ -322,21 +351,21 @@ class DataSource(ABC):
                                         f"modalities of different sizes: {detail}", stem))
             else:
                 info.height, info.width = next(iter(shapes.values()))
-        boxes = np.zeros((0, 4), np.float32)
-        labels = np.zeros((0,), np.int64)
+        annotations = BoxAnnotations()
         label_stem = self.label_of.get(stem)
         if label_stem is not None and info.width:
             frame = self.labels.frames[label_stem]
-            boxes, labels, box_problems = boxes_for_frame(frame, self.labels, info.width, info.height, stem)
+            annotations, box_problems = frame_annotations(frame, self.labels, info.width, info.height, stem)
             problems.extend(box_problems)
             if frame.declared_size and frame.declared_size != (info.width, info.height):
                 w, h = frame.declared_size
                 problems.append(Problem("label_size", frame.path, f"label says {w}x{h}, image is "
                                         f"{info.width}x{info.height}", stem, "warning"))
-        info.boxes = len(labels)
+        info.boxes = len(annotations.labels)
         if any(p.severity == "error" for p in problems) or len(arrays) != len(self.modalities):
             return None, info, problems
-        return Sample(stem, arrays, boxes, labels), info, problems
+        return Sample(stem, arrays, annotations.boxes, annotations.labels, annotations.occlusion,
+                      annotations.ignore_boxes), info, problems
 
     def read(self, stem: str) -> Sample:
         """The frame as a Sample; DataError (naming the file and the problem) if it has any error."""
@@ -352,7 +381,8 @@ def read_stem_list(path: Path, known: set[str], suffixes: list[str] | None = Non
     """Stems listed in a split file: one per line; blank lines and ``#`` comments skipped.
 
     A line may be a file name or path: the folder and an image/label extension are dropped, and a modality
-    suffix (``FLIR_00002_PreviewData`` -> ``FLIR_00002``) when that names a known frame.
+    suffix (``FLIR_00002_PreviewData`` -> ``FLIR_00002``) when that names a known frame. A KAIST line
+    ``set06/V000/I00019`` names the frame ``set06_V000_I00019``.
     """
     try:
         lines = path.read_text(encoding=TEXT_ENCODING).splitlines()
@@ -364,9 +394,13 @@ def read_stem_list(path: Path, known: set[str], suffixes: list[str] | None = Non
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
-        name = Path(text.replace("\\", "/")).name
+        line_path = Path(text.replace("\\", "/"))
+        name = line_path.name
         if Path(name).suffix.lower() in extensions:
             name = Path(name).stem
+        if name not in known:  # KAIST lists name set/video/frame (set06/V000/I00019): frame set06_V000_I00019
+            kaist, _ = kaist_stem([*line_path.parts[:-1], name])
+            name = kaist if kaist is not None and kaist in known else name
         if name not in known:
             for suffix in suffixes or []:
                 if name.endswith(suffix) and name[: -len(suffix)] in known:
@@ -453,6 +487,16 @@ class FolderSource(DataSource):
                 raise DataError(no_frames_message(self.root, folders + labels))
             raise DataError(f"{self.root}: no frames to read, no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
                             + " and ".join(str(f) for f in dict.fromkeys(folders)))
+        self._pair(per_modality, lambda stem, m: self.root / str(m.source))
+        self.partitions = {s: p for s, p in partition.items() if s in self.files}
+        self._read_partition_files()
+        self._open_labels(candidates)
+
+    def _pair(self, per_modality: dict[str, dict[str, Path]], folder_of: Callable[[str, ModalityConfig], Path]
+              ) -> None:
+        """Frames from the files found per modality; a frame lacking one modality's file is a problem
+        (``folder_of(stem, modality)`` says where that file was looked for)."""
+        all_stems = sorted(set().union(*per_modality.values()))
         for stem in all_stems:
             have = {name: files[stem] for name, files in per_modality.items() if stem in files}
             self.files[stem] = have
@@ -460,11 +504,8 @@ class FolderSource(DataSource):
                 if m.name not in have:
                     existing = next(iter(have.values()))
                     self._add(Problem("missing_partner", str(existing), f"missing partner: no {m.name} file for "
-                                      f"frame '{stem}' in {self.root / str(m.source)}/", stem))
+                                      f"frame '{stem}' in {folder_of(stem, m)}/", stem))
         self.stems = all_stems
-        self.partitions = {s: p for s, p in partition.items() if s in self.files}
-        self._read_partition_files()
-        self._open_labels(candidates)
 
     def _read_arrays(self, stem: str, problems: list[Problem], info: FrameInfo) -> dict[str, np.ndarray]:
         arrays = {}
@@ -479,6 +520,99 @@ class FolderSource(DataSource):
             except ImageFileError as err:
                 problems.append(Problem(err.kind, err.path, err.detail, stem))
         return arrays
+
+
+class KaistSource(FolderSource):
+    """KAIST multispectral pedestrians: ``setNN/VNNN/<modality folder>/INNNNN.jpg``, frames named
+    ``setNN_VNNN_INNNNN``, bbGt annotations and image lists (see :mod:`.layouts`, :func:`.labels.load_kaist_labels`).
+    """
+
+    def open(self) -> None:
+        videos = kaist_videos(self.root)
+        per_modality: dict[str, dict[str, Path]] = {}
+        for m in self.modalities:
+            found: dict[str, Path] = {}
+            for video in videos:
+                folder = video / str(m.source)
+                for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                    if not is_listed_file(path) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                        continue
+                    name = path.stem
+                    if m.suffix:
+                        if not name.endswith(m.suffix):
+                            continue
+                        name = name[: -len(m.suffix)]
+                    stem = f"{video.parent.name}_{video.name}_{name}"
+                    if stem in found:
+                        self._add(Problem("duplicate_stem", str(path), f"same frame '{stem}' as {found[stem]}", stem))
+                        continue
+                    found[stem] = path
+            per_modality[m.name] = found
+        if not any(per_modality.values()):
+            folders = " and ".join(f"setNN/VNNN/{m.source}/" for m in self.modalities)
+            raise DataError(f"{self.root}: no frames to read, no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+                            f"{folders} of the {len(videos)} video folders")
+        self._pair(per_modality, lambda stem, m: self.root / stem.split("_")[0] / stem.split("_")[1] / str(m.source))
+        self._apply_image_lists()
+        self._open_labels(self.preset.labels if self.preset else ("annotations",))
+
+    def _image_lists(self) -> dict[str, tuple[Path, list[str]]]:
+        """split -> (list file, the frames it names that exist): ``data.split.<split>_file``, else the first of
+        the layout's list files found (train-all-02.txt, test-all-20.txt in the root, imageSets/ or splits/)."""
+        known = set(self.files)
+        out: dict[str, tuple[Path, list[str]]] = {}
+        partition_files = self.preset.partition_files if self.preset else {}
+        for split in ("train", "val", "test"):
+            configured = getattr(self.data.split, f"{split}_file")
+            if configured:
+                path: Path | None = resolve_path(configured, self.root)
+                if not path.is_file():  # the splitter names it: "split file not found"
+                    continue
+            else:
+                path = next((self.root / c for c in partition_files.get(split, ()) if (self.root / c).is_file()),
+                            None)
+            if path is None:
+                continue
+            listed = read_stem_list(path, known)
+            missing = sum(1 for stem in listed if stem not in known)
+            if missing:
+                self.notes.append(f"{path}: {missing} listed frames are not in the data set")
+            out[split] = (path, [stem for stem in listed if stem in known])
+        return out
+
+    def _apply_image_lists(self) -> None:
+        """Image lists sample frames of their videos: the frames of listed videos that no list names are left
+        out (so no neighbour of a listed test frame is trained on); the test list is the test split, and
+        without one the frames of sets 06-11 (KAIST's test sets) are."""
+        lists = self._image_lists()
+        owner = {stem: split for split, (_, stems) in lists.items() for stem in stems}
+        listed_videos = {_kaist_video(stem) for stem in owner}
+        left_out = [stem for stem in self.stems if stem not in owner and _kaist_video(stem) in listed_videos]
+        if left_out:
+            gone = set(left_out)
+            self.left_out = gone
+            self.stems = [stem for stem in self.stems if stem not in gone]
+            for stem in left_out:
+                self.files.pop(stem, None)
+                self.frame_problems.pop(stem, None)
+            names = ", ".join(path.name for path, _ in lists.values())
+            self.notes.append(f"image lists ({names}): {len(left_out)} frames of the listed videos are in no list "
+                              "and are left out")
+        if any(getattr(self.data.split, f"{split}_file") for split in ("train", "val", "test")):
+            return  # split files given: the splitter reads them
+        self.partitions = dict(owner)
+        if "test" in lists:
+            return
+        test = [stem for stem in self.stems if stem not in owner and kaist_set_number(stem) in KAIST_TEST_SETS]
+        if test and len(test) < len(self.stems):
+            self.partitions.update(dict.fromkeys(test, "test"))
+            self.notes.append(f"no test-all-20.txt: the {len(test)} frames of sets 06-11 (KAIST's test sets) are "
+                              "the test split")
+
+
+def _kaist_video(stem: str) -> str:
+    """``set06_V000`` of the frame ``set06_V000_I00019``."""
+    return stem.rsplit("_", 1)[0]
 
 
 def _list_images(folder: Path) -> list[tuple[Path, str | None]]:
@@ -513,7 +647,7 @@ def open_source(root: str | Path, data: DataConfig | None = None, layout: str | 
     if chosen not in LAYOUTS:
         raise DataError(f"unknown layout {chosen!r} (choose from {', '.join(('auto',) + LAYOUTS)})")
     modalities, notes = effective_modalities(data, chosen, root)
-    cls: Callable[..., DataSource] = NpySource if chosen == "original" else FolderSource
+    cls: Callable[..., DataSource] = {"original": NpySource, "kaist": KaistSource}.get(chosen, FolderSource)
     source = cls(root, chosen, data, modalities, notes, require_labels)
     source.open()
     return source

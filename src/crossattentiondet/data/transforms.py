@@ -5,7 +5,9 @@
 (seed, epoch, index)), so augmented epochs are reproducible and a resumed run sees the same samples.
 
 Order: geometric transforms (horizontal flip, scale jitter, random crop) move every modality and the
-boxes together; then photometric transforms (RGB colour jitter, CLAHE, motion blur, noise, thermal
+boxes together (the per-box extras travel with their boxes: ``occlusion`` stays aligned when a crop drops
+boxes, ``ignore_boxes`` are flipped, scaled and clipped like boxes, and kept while any part of them is in
+the window); then photometric transforms (RGB colour jitter, CLAHE, motion blur, noise, thermal
 gain/offset); modality dropout comes last, so a dropped modality is exactly its mean and not a noisy mean.
 
 Arrays stay in their native dtype (uint8 or uint16) and value range: photometric transforms work on the
@@ -100,6 +102,10 @@ class Augmenter:
         arrays = dict(sample.modalities)
         boxes = np.asarray(sample.boxes, np.float32).reshape(-1, 4)
         labels = np.asarray(sample.labels, np.int64).reshape(-1)
+        occlusion = sample.occlusion
+        count = len(boxes)
+        # ignore regions ride along with the boxes through every geometric step, split off again at the end
+        boxes = np.concatenate([boxes, np.asarray(sample.ignore_boxes, np.float32).reshape(-1, 4)])
         # Decisions are drawn from ``rng`` in a fixed order, so one generator state gives one result.
         if rng.random() < cfg.hflip:
             arrays, boxes = hflip(arrays, boxes)
@@ -109,7 +115,13 @@ class Augmenter:
             if factor != 1.0:
                 arrays, boxes = rescale(arrays, boxes, factor)
         if cfg.crop_prob > 0 and rng.random() < cfg.crop_prob:
-            arrays, boxes, labels = random_crop(arrays, boxes, labels, rng, cfg.crop_min_scale, cfg.crop_min_visible)
+            arrays, boxes, keep = crop_window(arrays, boxes, rng, cfg.crop_min_scale, cfg.crop_min_visible,
+                                              any_visible=np.arange(len(boxes)) >= count)
+            labels = labels[keep[:count]]
+            occlusion = occlusion[keep[:count]] if occlusion is not None else None
+            count = int(keep[:count].sum())
+            boxes = boxes[keep]
+        boxes, ignore_boxes = boxes[:count], boxes[count:]
 
         jitter = cfg.color_jitter
         if jitter.prob > 0:
@@ -139,7 +151,8 @@ class Augmenter:
         if cfg.modality_dropout > 0 and len(candidates) >= 2 and rng.random() < cfg.modality_dropout:
             name = candidates[int(rng.integers(len(candidates)))]
             arrays[name] = self.mean_image(name, arrays[name])
-        return replace(sample, modalities=arrays, boxes=boxes, labels=labels)
+        return replace(sample, modalities=arrays, boxes=boxes, labels=labels, occlusion=occlusion,
+                       ignore_boxes=ignore_boxes)
 
     def mean_image(self, name: str, array: np.ndarray) -> np.ndarray:
         """An array like ``array`` filled with the modality's normalisation mean (zero after normalisation)."""
@@ -179,6 +192,18 @@ def random_crop(arrays: dict[str, np.ndarray], boxes: np.ndarray, labels: np.nda
     Boxes are clipped to the window; boxes keeping less than ``min_visible`` of their area, and boxes of
     zero area, are dropped together with their labels.
     """
+    out, clipped, keep = crop_window(arrays, boxes, rng, min_scale, min_visible)
+    return out, clipped[keep], labels[keep]
+
+
+def crop_window(arrays: dict[str, np.ndarray], boxes: np.ndarray, rng: np.random.Generator, min_scale: float,
+                min_visible: float, any_visible: np.ndarray | None = None
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """:func:`random_crop`'s window: the cropped arrays, every box clipped to it, and which boxes to keep.
+
+    The keep mask lets callers drop per-box data (labels, occlusion) in step. Boxes flagged in
+    ``any_visible`` (ignore regions) are kept while any part of them is in the window.
+    """
     height, width = next(iter(arrays.values())).shape[:2]
     crop_w = max(1, min(width, round(width * float(rng.uniform(min_scale, 1.0)))))
     crop_h = max(1, min(height, round(height * float(rng.uniform(min_scale, 1.0)))))
@@ -193,8 +218,11 @@ def random_crop(arrays: dict[str, np.ndarray], boxes: np.ndarray, labels: np.nda
     kept_w = clipped[:, 2] - clipped[:, 0]
     kept_h = clipped[:, 3] - clipped[:, 1]
     kept = kept_w * kept_h
-    keep = (kept_w > 0) & (kept_h > 0) & (kept >= min_visible * np.maximum(area, 0))
-    return out, clipped[keep], labels[keep]
+    visible = kept >= min_visible * np.maximum(area, 0)
+    if any_visible is not None:
+        visible = visible | any_visible
+    keep = (kept_w > 0) & (kept_h > 0) & visible
+    return out, clipped, keep
 
 
 def _keep_shape(result: np.ndarray, like: np.ndarray) -> np.ndarray:
