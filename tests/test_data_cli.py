@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from crossattentiondet.cli import main
-from crossattentiondet.config import DataConfig
+from crossattentiondet.config import ConfigError, DataConfig
 from crossattentiondet.data import compute_stats, convert_dataset, open_source
 from crossattentiondet.errors import DataError
 from tests.conftest import write_image
@@ -111,11 +111,20 @@ def test_stats_numbers_on_a_known_case(constant_frames: Path) -> None:
     np.testing.assert_allclose(thermal["std"], [0.2], atol=1e-6)
 
 
-def test_stats_command_saves_json_and_histograms(constant_frames: Path, tmp_path: Path, capsys) -> None:
+def tree_listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_stats_command_saves_json_and_histograms(constant_frames: Path, tmp_path: Path, capsys,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    before = tree_listing(constant_frames)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     assert main(["data", "stats", str(constant_frames)]) == 0
     out = capsys.readouterr().out
     assert "boxes 3 (1.5 per image): person 1, car 2" in out and "box sizes (COCO): small 1, medium 1, large 1" in out
-    assert json.loads((constant_frames / "stats.json").read_text())["images"] == 2
+    assert json.loads((cwd / "stats.json").read_text())["images"] == 2  # the current folder by default
     target, hist = tmp_path / "s.json", tmp_path / "hist"
     assert main(["data", "stats", str(constant_frames), "--out", str(target), "--histograms", str(hist),
                  "--json"]) == 0
@@ -123,6 +132,35 @@ def test_stats_command_saves_json_and_histograms(constant_frames: Path, tmp_path
     assert printed == json.loads(target.read_text())
     assert sorted(p.name for p in hist.iterdir()) == ["histogram_rgb.png", "histogram_thermal.png"]
     assert cv2.imread(str(hist / "histogram_rgb.png")) is not None
+    # --out a folder, --histograms without a folder: everything in --out
+    folder = tmp_path / "report"
+    assert main(["data", "stats", str(constant_frames), "--out", str(folder), "--histograms"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["histogram_rgb.png", "histogram_thermal.png", "stats.json"]
+    assert f"saved {folder / 'stats.json'}" in capsys.readouterr().out
+    # an override right after --histograms is an override, not the histogram folder
+    assert main(["data", "stats", str(constant_frames), "--out", str(tmp_path / "r2"), "--histograms",
+                 "data.layout=folders"]) == 0
+    assert (tmp_path / "r2" / "histogram_rgb.png").is_file() and not (cwd / "data.layout=folders").exists()
+    assert tree_listing(constant_frames) == before  # nothing was written into the data set
+
+
+def test_stats_refuses_to_write_into_the_data_set(constant_frames: Path, capsys,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    before = tree_listing(constant_frames)
+    for args, option in ((["--out", str(constant_frames / "stats")], "--out"),
+                         (["--out", str(constant_frames / "rgb" / "s.json")], "--out"),
+                         (["--out", str(constant_frames.parent / "elsewhere"), "--histograms",
+                           str(constant_frames / "rgb")], "--histograms")):
+        assert main(["data", "stats", str(constant_frames), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {option} ") and f"is inside the data set {constant_frames}" in err, err
+    monkeypatch.chdir(constant_frames / "rgb")  # the default, the current folder, is inside it too
+    assert main(["data", "stats", str(constant_frames)]) == 2
+    assert "error: the current folder" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="inside the data set"):  # the library keeps the rule too
+        compute_stats(constant_frames, histograms_dir=constant_frames / "hist")
+    assert tree_listing(constant_frames) == before
+    assert not (constant_frames.parent / "elsewhere").exists()  # refused before anything was made
 
 
 def test_convert_round_trip(trees, tmp_path: Path, capsys) -> None:
@@ -153,6 +191,30 @@ def test_convert_round_trip(trees, tmp_path: Path, capsys) -> None:
     assert returned.class_names == ["person", "car"]
 
 
+def test_convert_to_coco_reads_back_as_folders(trees, tmp_path: Path, capsys) -> None:
+    frames = {"a": [(0, 0.3, 0.4, 0.2, 0.3)], "b": [], "c": [(1, 0.5, 0.5, 0.5, 0.5), (0, 0.2, 0.2, 0.1, 0.1)]}
+    src = trees.folders(frames=frames, labels="voc")
+    dst = tmp_path / "as_coco"
+    assert main(["data", "convert", str(src), str(dst), "--to", "coco"]) == 0
+    assert "wrote 3 frames" in capsys.readouterr().out
+    assert sorted(p.name for p in dst.iterdir()) == ["annotations.json", "cadet_data.json", "rgb", "thermal"]
+    coco = json.loads((dst / "annotations.json").read_text())
+    assert [img["file_name"] for img in coco["images"]] == ["a.png", "b.png", "c.png"]
+    original = open_source(src)
+    assert [c["name"] for c in coco["categories"]] == original.class_names == ["car", "person"]  # VOC: sorted
+    assert len(coco["annotations"]) == 3 and len({a["id"] for a in coco["annotations"]}) == 3
+    assert main(["data", "check", str(dst)]) == 0
+    returned = open_source(dst)
+    assert returned.layout == "folders" and returned.labels.format == "coco"
+    assert returned.class_names == original.class_names and returned.stems == ["a", "b", "c"]
+    for stem in frames:
+        first, last = original.read(stem), returned.read(stem)
+        np.testing.assert_allclose(first.boxes, last.boxes, atol=1e-3)
+        assert first.labels.tolist() == last.labels.tolist()
+        for name in ("rgb", "thermal"):
+            np.testing.assert_array_equal(first.modalities[name], last.modalities[name])
+
+
 def test_convert_refuses_errors_and_occupied_destination(trees, tmp_path: Path, capsys) -> None:
     src = trees.folders(frames=trees.default_frames(3))
     (src / "labels" / "frame000.txt").write_text("0 2 2 0.1 0.1\n")
@@ -163,7 +225,7 @@ def test_convert_refuses_errors_and_occupied_destination(trees, tmp_path: Path, 
     assert main(["data", "convert", str(src), str(tmp_path / "out"), "--to", "npy"]) == 2
     assert "destination exists and is not an empty folder" in capsys.readouterr().err
     assert main(["data", "convert", str(src), str(tmp_path / "x"), "--to", "hdf5"]) == 2
-    assert "--to must be npy or folders" in capsys.readouterr().err
+    assert "--to must be npy, folders or coco" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from crossattentiondet import viz
 from crossattentiondet.engine.evaluate import DetectionEvaluator
@@ -23,8 +23,7 @@ LAYOUT = InputLayout(
 
 
 def read_png(path) -> np.ndarray:  # noqa: ANN001
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB")).astype(int)
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(int)
 
 
 def assert_size(pixels: np.ndarray, height: float, width: float) -> None:
@@ -134,10 +133,73 @@ def test_plot_robustness(tmp_path) -> None:
     rows = [{"zeroed": "none", "mAP": 0.62, "mAP_50": 0.9}, {"zeroed": "rgb", "mAP": 0.2, "mAP_50": 0.4},
             {"zeroed": "thermal", "mAP": 0.55, "mAP_50": float("nan")}, {"zeroed": "event", "mAP": 0.6, "mAP_50": None}]
     pixels = read_png(viz.plot_robustness(rows, tmp_path / "robust.png"))
-    assert_size(pixels, 400, (1.3 * 4 + 1.5) * 100)
+    labels = ["all inputs", "no rgb", "no thermal", "no event"]
+    # horizontal bars: a fixed width, a height that grows with the rows
+    assert_size(pixels, viz.horizontal_bar_height(labels, 2) * viz.DPI, 8.0 * viz.DPI)
+    assert read_png(viz.plot_robustness(rows[:2], tmp_path / "two.png")).shape[0] < pixels.shape[0]
     assert count_color(pixels, (0x30, 0x70, 0xB0), tol=20) > 500  # the mAP bars
     with pytest.raises(ValueError):
         viz.plot_robustness([], tmp_path / "none.png")
+
+
+def drawn_figures(monkeypatch: pytest.MonkeyPatch, module: object) -> list:
+    """Figures a plotting module would save, drawn (Agg) so their text has a place; nothing is written."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures: list = []
+
+    def keep(fig, path):  # noqa: ANN001, ANN202
+        FigureCanvasAgg(fig).draw()
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(module, "_save", keep)
+    return figures
+
+
+def assert_labels_apart(fig, axis: str = "y") -> None:  # noqa: ANN001
+    """No two tick labels of any axes of ``fig`` overlap, and all lie inside the figure."""
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        labels = ax.get_yticklabels() if axis == "y" else ax.get_xticklabels()
+        boxes = [t.get_window_extent(renderer) for t in labels if t.get_text()]
+        assert len(boxes) >= 2
+        for i, a in enumerate(boxes):
+            assert a.x0 >= 0 and a.y0 >= 0 and a.x1 <= fig.bbox.width and a.y1 <= fig.bbox.height
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), (a, b)
+
+
+def test_long_bar_labels_never_overlap(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = drawn_figures(monkeypatch, viz)
+    labels = ["fused two-stream (rgb) and (thermal + event), FRM+FFM at stages 1-4, flow separate",
+              "early fusion: one stream of all channels (rgb + thermal + event) with modality dropout",
+              "rgb", "thermal_alone_with_a_very_long_configuration_identifier_without_any_spaces_at_all",
+              "event alone", "cssa_stage3_threshold0.5_fused_flow_seed0"]
+    rows = [{"mAP": 0.1 * i, "mAP_50": 0.15 * i} for i in range(len(labels))]
+    viz.plot_ap_bars(labels, rows, tmp_path / "bars.png")
+    fig = figures[0]
+    assert_labels_apart(fig)
+    shown = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    # every label complete (wrapped, not cut), first row on top, no line longer than the wrap width
+    assert ["".join(s.split()) for s in shown] == ["".join(label.split()) for label in labels]
+    assert all(len(line) <= viz.LABEL_CHARS for s in shown for line in s.split("\n"))
+    assert fig.axes[0].yaxis_inverted()
+
+
+def test_wrap_label_breaks_at_spaces_and_name_separators() -> None:
+    assert viz.wrap_label("short", 10) == "short"
+    assert viz.wrap_label("one two three four", 9) == "one two\nthree\nfour"
+    assert viz.wrap_label("cssa_stage3_thresh0.5", 12) == "cssa_stage3_\nthresh0.5"
+    wrapped = viz.wrap_label("x" * 25, 10)
+    assert wrapped.split("\n") == ["x" * 10, "x" * 10, "x" * 5]
+    assert "".join(viz.wrap_label("a-b_c d/e=f", 3).split("\n")).replace(" ", "") == "a-b_cd/e=f"
+
+
+def test_clipped_errors_keep_intervals_inside_0_1() -> None:
+    errors = viz.clipped_errors([0.05, 0.5, 0.97, float("nan"), 0.4], [-0.1, 0.4, 0.9, 0.1, float("nan")],
+                                [0.2, 0.6, 1.1, 0.3, float("nan")])
+    np.testing.assert_allclose(errors, [[0.05, 0.1, 0.07, 0, 0], [0.15, 0.1, 0.03, 0, 0]], atol=1e-12)
 
 
 def test_import_does_not_load_matplotlib() -> None:

@@ -1,5 +1,5 @@
-"""Plots: sample panels (every modality, ground truth and detections), PR curves, training curves,
-missing-modality robustness.
+"""Plots: sample panels (every modality, ground truth and detections), PR curves, confusion matrix,
+precision / recall / F1 against the score threshold, training curves, missing-modality robustness.
 
 matplotlib is imported inside the functions (importing the package stays light) and only through its
 object-oriented API (``Figure`` + Agg canvas): no pyplot global state, no backend switch in the caller's
@@ -21,7 +21,7 @@ from crossattentiondet.io import atomic_write
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from crossattentiondet.engine.evaluate import EvalResult
+    from crossattentiondet.engine.evaluate import ConfidenceCurves, ConfusionMatrix, EvalResult
     from crossattentiondet.models.detector import InputLayout
 
 GT_COLOR = "#00d000"
@@ -82,7 +82,8 @@ def save_panels(images: Sequence[Any], targets: Sequence[Mapping[str, Any]] | No
 
     ``images`` are the loader's raw (C_total, H, W) tensors (uint8 / uint16); ``targets`` (boxes xyxy,
     labels) are drawn in green, ``predictions`` (boxes, labels, scores) with score >= ``score_thresh`` in
-    red with class name and score. Either may be None. ``titles`` (e.g. file stems) label the rows.
+    red with class name and score. Either may be None. ``titles`` (e.g. the frames' file names) are
+    printed in the title of every panel of their row, next to the modality name.
     """
     if max_panels < 1:
         raise ValueError(f"max_panels must be >= 1, got {max_panels}")
@@ -113,11 +114,40 @@ def save_panels(images: Sequence[Any], targets: Sequence[Mapping[str, Any]] | No
             _draw_boxes(ax, pred_boxes, PRED_COLOR, pred_text)
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
+            if titles is not None:  # every row is another frame: each panel says which
+                ax.set_title(f"{name}: {titles[r]}", fontsize=7)
+            elif r == 0:
                 ax.set_title(name, fontsize=9)
-            if c == 0 and titles is not None:
-                ax.set_ylabel(str(titles[r]), fontsize=7)
     return _save(fig, path)
+
+
+def choose_panel_frames(stems: Sequence[str], count: int, group_by: str = "auto") -> list[str]:
+    """``count`` frames of ``stems`` spread over their sequences (groups of
+    :func:`crossattentiondet.data.splits.group_frames`, ``auto``: per stem prefix, else blocks of 10
+    consecutive frames), in natural order.
+
+    Neighbouring video frames look alike, so the first N frames of a split show one clip N times. Fewer
+    frames than groups: groups evenly spaced over the sorted groups, the middle frame of each. More: one
+    per group first, the rest shared out round-robin, evenly spaced within each group.
+    """
+    from crossattentiondet.data.splits import group_frames, natural_key
+
+    if count <= 0 or not stems:
+        return []
+    groups = [sorted(g, key=natural_key) for g in group_frames(list(stems), group_by).groups.values()]
+    groups.sort(key=lambda g: natural_key(g[0]))
+    if count < len(groups):
+        picks = np.unique(np.round(np.linspace(0, len(groups) - 1, count)).astype(int))
+        groups = [groups[i] for i in picks]
+    quota = [0] * len(groups)
+    left = min(count, sum(len(g) for g in groups))
+    while left:
+        for i, group in enumerate(groups):
+            if left and quota[i] < len(group):
+                quota[i] += 1
+                left -= 1
+    chosen = [group[int((j + 0.5) * len(group) / q)] for group, q in zip(groups, quota) for j in range(q)]
+    return sorted(chosen, key=natural_key)
 
 
 def _class_name(class_names: Sequence[str], label: int) -> str:
@@ -152,6 +182,74 @@ def plot_pr_curve(result: EvalResult, path: str | Path, class_names: Sequence[st
     ax.set_ylabel("precision")
     ax.set_title("Precision-recall, IoU 0.5")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: ConfusionMatrix, path: str | Path) -> Path:
+    """Two heat maps of :class:`~crossattentiondet.engine.evaluate.ConfusionMatrix`: counts, and each row
+    divided by its sum (rows: true class, columns: predicted class, both with "background")."""
+    counts = np.asarray(matrix.counts).astype(np.float64)
+    normalized = matrix.normalized()
+    counts[-1, -1] = normalized[-1, -1] = np.nan  # background as background is never counted: left blank
+    labels = [wrap_label(name, 14) for name in matrix.labels]
+    n = len(labels)
+    side = min(9.0, max(3.2, 0.5 * n + 1.6))
+    fig = _new_figure(2 * side + 0.6, side + 0.6)
+    axes = fig.subplots(1, 2)
+    annotate = n <= 25  # past that the numbers are unreadable: the colours carry it
+    for ax, values, title, fmt in ((axes[0], counts, "counts", "{:.0f}"),
+                                   (axes[1], normalized, "row-normalised (each row sums to 1)", "{:.2f}")):
+        shown = np.ma.masked_invalid(values)
+        top = max(1.0, float(np.nanmax(values))) if np.isfinite(values).any() else 1.0
+        image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=top, interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        if annotate:
+            for i in range(n):
+                for j in range(n):
+                    if np.isfinite(values[i, j]) and (values[i, j] > 0 or i == j):
+                        dark = values[i, j] > 0.6 * top
+                        ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=7,
+                                color="white" if dark else "black")
+        ax.set_xticks(np.arange(n), labels, rotation=90, fontsize=7)
+        ax.set_yticks(np.arange(n), labels, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"Confusion matrix: IoU >= {matrix.iou_thresh:g}, score >= {matrix.score_thresh:g}; "
+                 "background row = false positives, column = missed", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_confidence_curves(curves: ConfidenceCurves, path: str | Path, class_names: Sequence[str]) -> Path:
+    """Precision, recall and F1 against the score threshold, per class and for all classes (their mean),
+    three panels side by side (:class:`~crossattentiondet.engine.evaluate.ConfidenceCurves`)."""
+    fig = _new_figure(15.0, 4.4)
+    axes = fig.subplots(1, 3)
+    t = np.asarray(curves.thresholds)
+    valid = [k for k in range(len(curves.num_gt)) if curves.num_gt[k] > 0]
+    many = len(valid) > 12  # as in the PR curve: past a dozen classes no legend entry per class
+    best_f1, best_t = curves.best_f1()
+    for ax, per_class, mean, name in ((axes[0], curves.precision, curves.all_precision, "precision"),
+                                      (axes[1], curves.recall, curves.all_recall, "recall"),
+                                      (axes[2], curves.f1, curves.all_f1, "F1")):
+        for k in valid:
+            label = None if many else (class_names[k] if k < len(class_names) else str(k + 1))
+            ax.plot(t, per_class[k], linewidth=0.8 if many else 1.2, alpha=0.5 if many else 0.9, label=label)
+        if valid:
+            text = "all classes"
+            if name == "F1" and math.isfinite(best_f1):
+                text += f" {best_f1:.2f} at {best_t:.3f}"
+                ax.axvline(best_t, color="black", linestyle=":", linewidth=0.8)
+            ax.plot(t, mean, color="black", linewidth=2.2, label=text)
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("score threshold")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} vs score threshold, IoU {curves.iou_thresh:g}", fontsize=9)
+        ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -210,34 +308,88 @@ def plot_training_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def wrap_label(text: str, width: int) -> str:
+    """``text`` on lines of at most ``width`` characters, broken at spaces or after ``_ - / , = +`` (long
+    configuration names have no spaces), a piece longer than a line cut where it must."""
+    import re
+
+    pieces = [p for p in re.split(r"(?<=[ _\-/,=+])", str(text)) if p]
+    lines: list[str] = []
+    line = ""
+    for piece in pieces:
+        while len(piece) > width:  # a single piece too long for any line
+            if line:
+                lines.append(line.rstrip())
+                line = ""
+            lines.append(piece[:width])
+            piece = piece[width:]
+        if len(line) + len(piece.rstrip()) > width and line:
+            lines.append(line.rstrip())
+            line = ""
+        line += piece
+    if line.strip() or not lines:
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def clipped_errors(means: Sequence[float], lows: Sequence[float], highs: Sequence[float],
+                   bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Error-bar lengths (2, N) for matplotlib's ``xerr`` / ``yerr`` of an interval [low, high] around each
+    mean, the interval clipped to ``bounds`` (an AP cannot leave [0, 1]); 0 where the mean or interval is
+    not finite (a single run has no interval)."""
+    means, lows, highs = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (means, lows, highs))
+    ok = np.isfinite(means) & np.isfinite(lows) & np.isfinite(highs)
+    lower = np.clip(lows, *bounds)
+    upper = np.clip(highs, *bounds)
+    below = np.where(ok, np.clip(means - lower, 0.0, None), 0.0)
+    above = np.where(ok, np.clip(upper - means, 0.0, None), 0.0)
+    return np.stack([below, above])
+
+
+LABEL_CHARS = 36  # wrap width of bar labels (about 2.6 inches at font size 8)
+
+
+def horizontal_bar_height(labels: Sequence[str], bars_per_row: int) -> float:
+    """Figure height (inches) that gives each row of a horizontal bar chart room for its wrapped label
+    and its bars, plus title, legend and axis."""
+    lines = max((wrap_label(label, LABEL_CHARS).count("\n") + 1 for label in labels), default=1)
+    row = max(0.16 * lines + 0.14, 0.17 * bars_per_row + 0.12)
+    return 1.6 + row * len(labels)
+
+
 def plot_ap_bars(labels: Sequence[str], rows: Sequence[Mapping[str, Any]], path: str | Path, *,
                  title: str = "COCO AP", reference_line: bool = False) -> Path:
-    """Grouped bars of mAP and mAP_50 for several models or conditions (one label per row)."""
+    """Horizontal grouped bars of mAP and mAP_50, one row per model or condition (first row on top).
+
+    Horizontal so that long model descriptions stay readable: each label is wrapped beside its bars and
+    the figure grows with the rows, so labels never overlap.
+    """
     if not rows:
         raise ValueError("plot_ap_bars needs at least one row")
 
     def column(key: str) -> np.ndarray:
         return np.asarray([float("nan") if r.get(key) is None else float(r[key]) for r in rows])
 
-    fig = _new_figure(max(4.0, 1.3 * len(rows) + 1.5), 4.0)
+    fig = _new_figure(8.0, horizontal_bar_height(labels, 2))
     ax = fig.subplots()
-    x = np.arange(len(rows))
-    width = 0.38
-    for offset, key, color in ((-width / 2, "mAP", "#3070b0"), (width / 2, "mAP_50", "#90b8e0")):
+    y = np.arange(len(rows))
+    height = 0.38
+    for offset, key, color in ((-height / 2, "mAP", "#3070b0"), (height / 2, "mAP_50", "#90b8e0")):
         values = column(key)
-        bars = ax.bar(x + offset, np.nan_to_num(values), width, label=key, color=color)
+        bars = ax.barh(y + offset, np.nan_to_num(values), height, label=key, color=color)
         for bar, v in zip(bars, values):
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01,
-                    "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+            ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2,
+                    "n/a" if math.isnan(v) else f"{v:.3f}", ha="left", va="center", fontsize=7)
     base = column("mAP")[0]
     if reference_line and math.isfinite(base):
-        ax.axhline(base, color="black", linestyle="--", linewidth=0.8)
-    ax.set_xticks(x, list(labels), fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("COCO AP")
+        ax.axvline(base, color="black", linestyle="--", linewidth=0.8)
+    ax.set_yticks(y, [wrap_label(label, LABEL_CHARS) for label in labels], fontsize=8)
+    ax.invert_yaxis()  # first row on top, in reading order
+    ax.set_xlim(0, 1.1)  # room for the value of a bar at 1.0
+    ax.set_xlabel("COCO AP")
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 

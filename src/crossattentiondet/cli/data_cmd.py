@@ -34,16 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats = commands.add_parser("stats", help="images, boxes per class and size, image sizes, channel mean/std")
     stats.add_argument("data", metavar="DATA", help="data set root")
     stats.add_argument("--layout", help=LAYOUT_HELP)
-    stats.add_argument("--out", metavar="FILE", help="where to save the JSON (default DATA/stats.json)")
-    stats.add_argument("--histograms", metavar="DIR", help="also save per-modality histograms as PNG here")
+    stats.add_argument("--out", metavar="DIR|FILE.json",
+                       help="folder for stats.json (and histograms), or the JSON file itself (default: the current "
+                       "folder; never inside DATA)")
+    stats.add_argument("--histograms", nargs="?", const=True, metavar="DIR",
+                       help="also save per-modality histograms as PNG, into DIR (default: the --out folder)")
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     add_config_args(stats)
     stats.set_defaults(func=run_stats)
 
-    convert = commands.add_parser("convert", help="convert between the npy layout and paired folders")
+    convert = commands.add_parser("convert", help="convert to the npy layout, paired folders or COCO")
     convert.add_argument("src", metavar="SRC", help="source data set root (any layout)")
     convert.add_argument("dst", metavar="DST", help="destination folder (must not exist or be empty)")
-    convert.add_argument("--to", required=True, metavar="npy|folders", help="output layout")
+    convert.add_argument("--to", required=True, metavar="npy|folders|coco",
+                         help="output layout (coco: modality folders + one annotations.json)")
     convert.add_argument("--layout", help="layout of SRC: " + LAYOUT_HELP.split(": ", 1)[1])
     convert.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_args(convert)
@@ -101,16 +105,25 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 def run_stats(args: argparse.Namespace) -> int:
     from crossattentiondet.data import compute_stats
+    from crossattentiondet.data.layouts import check_root
+    from crossattentiondet.data.stats import stats_output_paths
     from crossattentiondet.io import atomic_write_json, ensure_writable_dir, ensure_writable_file
 
+    # --histograms takes an optional folder, so `--histograms data.layout=x` would swallow an override
+    if isinstance(args.histograms, str) and re.fullmatch(r"[A-Za-z_][\w.\[\]]*=.*", args.histograms) \
+            and not Path(args.histograms).exists():
+        args.overrides = [args.histograms, *(args.overrides or [])]
+        args.histograms = True
     config = config_from_args(args)
-    out = Path(args.out) if args.out else Path(args.data) / "stats.json"
-    # the outputs are checked before every frame is read (DATA itself is not created when it does not exist)
-    if args.out or Path(args.data).is_dir():
-        ensure_writable_file(out, "--out" if args.out else "stats file")
-    if args.histograms:
-        ensure_writable_dir(args.histograms, "--histograms")
-    stats = compute_stats(args.data, config.data, layout=args.layout, histograms_dir=args.histograms)
+    check_root(Path(args.data))  # a missing DATA is said before any output folder is made
+    out, hist_dir = stats_output_paths(args.data, args.out, args.histograms)
+    # the outputs are checked before every frame is read
+    if args.out is not None and Path(args.out).suffix.lower() != ".json":  # --out is a folder
+        ensure_writable_dir(args.out, "--out")
+    ensure_writable_file(out, "--out" if args.out is not None else "stats file")
+    if hist_dir is not None:
+        ensure_writable_dir(hist_dir, "--histograms")
+    stats = compute_stats(args.data, config.data, layout=args.layout, histograms_dir=hist_dir)
     atomic_write_json(out, stats)
     if args.json:
         print_json(stats)

@@ -2,6 +2,10 @@
 
 Mean and std are what ``data.modalities[].mean/std`` want (the model normalises ``x / scale``).
 Box sizes use the COCO areas: small < 32^2, medium < 96^2, large otherwise (in pixels of the frame).
+
+Outputs (``stats.json``, histogram PNGs) go to the current folder or a chosen one, never into the data set
+(:func:`stats_output_paths`): a PNG in a modality folder would be read as a frame, a JSON file named like a
+COCO label file as labels, and a data set may be read-only or shared.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from crossattentiondet.config import DataConfig
+from crossattentiondet.config import ConfigError, DataConfig
 from crossattentiondet.data.checks import DTYPE_SCALE
 from crossattentiondet.data.imageio import opencv_quiet
 from crossattentiondet.data.sample import Sample
 from crossattentiondet.data.source import DataSource, open_source
+from crossattentiondet.io import atomic_write
 
+STATS_FILE = "stats.json"
 SMALL_AREA = 32 ** 2
 MEDIUM_AREA = 96 ** 2
 HISTOGRAM_BINS = 256
@@ -99,7 +105,8 @@ def compute_stats(source: DataSource | str | Path, data: DataConfig | None = Non
 
     ``stems`` limits them to some frames (default: all); ``scales`` overrides per-modality scales (default:
     the configured scale, else the data set's metadata, else each file's dtype max); frames that cannot be
-    read are counted (``unreadable``) and left out. ``histograms_dir``: also save one PNG per modality.
+    read are counted (``unreadable``) and left out. ``histograms_dir``: also save one PNG per modality there
+    (a folder outside the data set).
     """
     if not isinstance(source, DataSource):
         source = open_source(source, data, layout)
@@ -107,6 +114,9 @@ def compute_stats(source: DataSource | str | Path, data: DataConfig | None = Non
     resolved: dict[str, float | None] = {
         m.name: (scales or {}).get(m.name) or m.scale or source.scale_hints.get(m.name) for m in source.modalities}
     want_hist = histograms_dir is not None
+    if want_hist and Path(histograms_dir).resolve().is_relative_to(Path(source.root).resolve()):
+        raise ConfigError(f"histograms_dir {histograms_dir} is inside the data set {source.root}: statistics are "
+                          "never written into a data set")
 
     def one(stem: str) -> _Partial:
         sample, _, problems = source.load(stem)
@@ -164,6 +174,33 @@ def compute_stats(source: DataSource | str | Path, data: DataConfig | None = Non
     return stats
 
 
+def stats_output_paths(root: str | Path, out: str | Path | None = None,
+                       histograms: bool | str | Path | None = None) -> tuple[Path, Path | None]:
+    """Where ``cadet data stats`` writes: (the JSON file, the histogram folder or None).
+
+    ``out``: a folder (``<out>/stats.json``) or a ``.json`` file; None: the current folder.
+    ``histograms``: None/False for none, True for the output folder, or a folder. Nothing is created here;
+    a location inside the data set ``root`` is a ConfigError naming the option.
+    """
+    json_path = Path(STATS_FILE) if out is None else Path(out)
+    if out is not None and json_path.suffix.lower() != ".json":
+        json_path = json_path / STATS_FILE
+    hist_dir = None
+    if histograms is True:
+        hist_dir = json_path.parent
+    elif histograms:
+        hist_dir = Path(histograms)
+    data_root = Path(root).resolve()
+    checks = [("--out", out, json_path) if out is not None else ("the current folder", Path.cwd(), json_path)]
+    if histograms is not True and hist_dir is not None:  # True: the folder checked above
+        checks.append(("--histograms", hist_dir, hist_dir))
+    for option, shown, path in checks:
+        if path.resolve().is_relative_to(data_root):
+            raise ConfigError(f"{option} {shown} is inside the data set {root}: statistics are never written into "
+                              "a data set (give --out and --histograms a folder outside it)")
+    return json_path, hist_dir
+
+
 def save_histograms(histograms: dict[str, np.ndarray], out_dir: Path) -> list[str]:
     """One PNG per modality (a line per channel, value on the 0-1 scale); returns the files written."""
     # a bare Figure renders with the Agg canvas and leaves pyplot's global backend alone
@@ -185,6 +222,6 @@ def save_histograms(histograms: dict[str, np.ndarray], out_dir: Path) -> list[st
         ax.legend()
         fig.tight_layout()
         path = out_dir / f"histogram_{name}.png"
-        fig.savefig(path, dpi=100)
+        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100))
         written.append(str(path))
     return written

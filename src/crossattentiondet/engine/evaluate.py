@@ -5,11 +5,17 @@ COCO structures only once, in :meth:`DetectionEvaluator.compute`. Metrics are th
 (:data:`METRIC_KEYS`) plus AP per class; COCO's ``-1`` ("no ground truth of this kind") is NaN here and
 ``null`` in JSON files, so it can never be averaged in as a real score.
 
+From the same per-image records: the COCO ground truth (:meth:`EvalResult.ground_truth`, saved next to
+the predictions so that pycocotools reproduces the metrics), a confusion matrix with background
+(:func:`confusion_matrix`) and precision / recall / F1 against the score threshold
+(:func:`confidence_curves`), both matched as COCO matches at IoU 0.5.
+
 Typical use::
 
     result = evaluate(model, loader, device, class_names=["person"])
     save_metrics(run_dir / "metrics_test.json", result)
     save_predictions(run_dir / "predictions_test.json", result.predictions)
+    save_ground_truth(run_dir / "gt_test.json", result.ground_truth())
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ class EvalResult:
     ``pr_recall`` (R,) and ``pr_precision`` (K, R): interpolated precision at each recall threshold for
     IoU 0.5, all areas, 100 detections per image, one row per class (NaN rows: no ground truth).
     ``image_records``: the evaluator's per-image ground truth and detections (sorted by image id), for
-    :func:`crossattentiondet.engine.bootstrap.bootstrap_map`; not written by :meth:`summary`.
+    :func:`crossattentiondet.engine.bootstrap.bootstrap_map`, the ground truth file, the confusion matrix
+    and the confidence curves; not written by :meth:`summary`.
     """
 
     metrics: dict[str, float]
@@ -84,6 +91,20 @@ class EvalResult:
                 "precision": {name: row.tolist() for name, row in zip(self.class_names, self.pr_precision)},
             },
         })
+
+    def ground_truth(self) -> dict[str, Any]:
+        """The evaluated ground truth as a COCO instances dict (see :func:`coco_ground_truth`)."""
+        return coco_ground_truth(self.image_records, self.class_names)
+
+    def confusion_matrix(self, score_thresh: float, iou_thresh: float = 0.5) -> ConfusionMatrix:
+        """Counts of true vs predicted class (plus background) at a score threshold; see
+        :func:`confusion_matrix`."""
+        return confusion_matrix(self.image_records, len(self.class_names), score_thresh, iou_thresh,
+                                self.class_names)
+
+    def confidence_curves(self, iou_thresh: float = 0.5) -> ConfidenceCurves:
+        """Precision, recall and F1 against the score threshold per class; see :func:`confidence_curves`."""
+        return confidence_curves(self.image_records, len(self.class_names), iou_thresh)
 
 
 @dataclass
@@ -198,21 +219,7 @@ class DetectionEvaluator:
     # ------------------------------------------------------------------------------------------ compute
     def ground_truth(self) -> dict[str, Any]:
         """The accumulated ground truth as a COCO dataset dict (bbox xywh, area = w * h, iscrowd 0)."""
-        records = sorted(self._records.values(), key=lambda r: r.image_id)
-        images = [{"id": r.image_id, "file_name": r.file_name, "height": r.height, "width": r.width}
-                  for r in records]
-        counts = [len(r.gt_labels) for r in records]
-        boxes = _xyxy_to_xywh(np.concatenate([r.gt_boxes for r in records]) if records else np.zeros((0, 4)))
-        labels = np.concatenate([r.gt_labels for r in records]).tolist() if records else []
-        image_ids = np.repeat([r.image_id for r in records], counts).tolist()
-        areas = (boxes[:, 2] * boxes[:, 3]).tolist()
-        # annotation ids start at 1: COCOeval treats a matched id of 0 as "unmatched"
-        annotations = [
-            {"id": i, "image_id": img, "category_id": cat, "bbox": box, "area": area, "iscrowd": 0}
-            for i, (img, cat, box, area) in enumerate(zip(image_ids, labels, boxes.tolist(), areas), start=1)
-        ]
-        categories = [{"id": i, "name": name} for i, name in enumerate(self.class_names, start=1)]
-        return {"images": images, "annotations": annotations, "categories": categories}
+        return coco_ground_truth(self.records(), self.class_names)
 
     def predictions(self) -> list[dict[str, Any]]:
         """The accumulated detections in COCO results format (bbox xywh rounded to 0.01 px)."""
@@ -239,6 +246,27 @@ class DetectionEvaluator:
         result = _result_from_cocoeval(coco_eval, self.class_names, predictions, gt, self._duplicates)
         result.image_records = self.records()
         return result
+
+
+def coco_ground_truth(records: Sequence[_ImageRecord], class_names: Sequence[str]) -> dict[str, Any]:
+    """COCO instances dict of the records' ground truth: images (id, file_name = the frame stem, width,
+    height), annotations (id from 1, image_id, category_id = label, bbox xywh, area = w * h, iscrowd 0) and
+    categories (id ``i + 1`` = ``class_names[i]``)."""
+    records = sorted(records, key=lambda r: r.image_id)
+    images = [{"id": r.image_id, "file_name": r.file_name, "height": r.height, "width": r.width}
+              for r in records]
+    counts = [len(r.gt_labels) for r in records]
+    boxes = _xyxy_to_xywh(np.concatenate([r.gt_boxes for r in records]) if records else np.zeros((0, 4)))
+    labels = np.concatenate([r.gt_labels for r in records]).tolist() if records else []
+    image_ids = np.repeat([r.image_id for r in records], counts).tolist()
+    areas = (boxes[:, 2] * boxes[:, 3]).tolist()
+    # annotation ids start at 1: COCOeval treats a matched id of 0 as "unmatched"
+    annotations = [
+        {"id": i, "image_id": img, "category_id": cat, "bbox": box, "area": area, "iscrowd": 0}
+        for i, (img, cat, box, area) in enumerate(zip(image_ids, labels, boxes.tolist(), areas), start=1)
+    ]
+    categories = [{"id": i, "name": name} for i, name in enumerate(class_names, start=1)]
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 @contextmanager
@@ -334,6 +362,194 @@ def _result_from_cocoeval(coco_eval: Any, class_names: list[str], predictions: l
     )
 
 
+# ------------------------------------------------------------------- matching, confusion, confidence curves
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), both xyxy: an (N, M) array."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0.0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _score_order(scores: np.ndarray) -> np.ndarray:
+    # highest score first; a stable sort keeps the model's order among equal scores, as COCOeval does
+    return np.argsort(-scores, kind="mergesort")
+
+
+def match_same_class(record: _ImageRecord, iou_thresh: float = 0.5) -> np.ndarray:
+    """For each detection of ``record``, the index of the ground-truth box it matches, or -1.
+
+    COCO's rule at one IoU threshold: per class, detections in descending score order each take the
+    not yet matched ground-truth box of their class with the highest IoU >= ``iou_thresh``. A
+    detection's match never depends on lower-scored detections, so the matches of the detections above
+    any score threshold are the same as matching only those.
+    """
+    matched = np.full(len(record.dt_scores), -1, np.int64)
+    if not len(record.dt_scores) or not len(record.gt_labels):
+        return matched
+    iou = box_iou(record.dt_boxes, record.gt_boxes)
+    iou[record.dt_labels[:, None] != record.gt_labels[None, :]] = -1.0
+    # only detections that overlap a box of their class enough can match: the greedy loop skips the rest
+    # (most of a detector's 100 per image), which makes it fast enough for large splits
+    hopeful = np.flatnonzero(iou.max(axis=1) >= iou_thresh)
+    taken = np.zeros(len(record.gt_labels), bool)
+    for d in hopeful[_score_order(record.dt_scores[hopeful])]:
+        candidates = np.where(taken, -1.0, iou[d])
+        g = int(np.argmax(candidates))
+        if candidates[g] >= iou_thresh:
+            matched[d] = g
+            taken[g] = True
+    return matched
+
+
+@dataclass
+class ConfusionMatrix:
+    """``counts[i, j]``: boxes of true class i predicted as class j, at ``score_thresh`` and ``iou_thresh``.
+
+    Index ``k`` is label ``k + 1`` (``labels[k]``); the last row and column are "background": row
+    background = detections matching no ground truth (false positives), column background = ground-truth
+    boxes no detection found (missed). The diagonal holds the true positives.
+    """
+
+    counts: np.ndarray  # (K + 1, K + 1) int64
+    labels: list[str]  # class names, then "background"
+    score_thresh: float
+    iou_thresh: float
+
+    def normalized(self) -> np.ndarray:
+        """Each row divided by its sum (where a true class went); NaN rows where the sum is 0."""
+        totals = self.counts.sum(axis=1, keepdims=True).astype(np.float64)
+        return np.divide(self.counts, totals, out=np.full(self.counts.shape, np.nan), where=totals > 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (rows = true class, columns = predicted class)."""
+        return {"score_thresh": self.score_thresh, "iou": self.iou_thresh, "rows": "true class",
+                "columns": "predicted class", "labels": self.labels, "counts": self.counts.tolist()}
+
+
+def confusion_matrix(records: Sequence[_ImageRecord], num_classes: int, score_thresh: float,
+                     iou_thresh: float = 0.5, class_names: Sequence[str] | None = None) -> ConfusionMatrix:
+    """Confusion matrix of detections with score >= ``score_thresh`` against the ground truth.
+
+    First each detection is matched within its class (:func:`match_same_class`: these are the true
+    positives, the same ones COCO AP50 counts); the detections left over then take, in score order, the
+    unmatched ground-truth box of any class with the highest IoU >= ``iou_thresh`` (a class confusion).
+    Detections still unmatched are background false positives; ground truth left over was missed.
+    """
+    background = num_classes
+    counts = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    for record in records:
+        gt_class = record.gt_labels - 1
+        keep = record.dt_scores >= score_thresh
+        same = match_same_class(record, iou_thresh)
+        taken = np.zeros(len(gt_class), bool)
+        found = same[keep & (same >= 0)]
+        np.add.at(counts, (gt_class[found], gt_class[found]), 1)
+        taken[found] = True
+        left = np.flatnonzero(keep & (same < 0))
+        unmatched = np.ones(len(left), bool)
+        if len(left) and len(gt_class):
+            iou = box_iou(record.dt_boxes[left], record.gt_boxes)
+            hopeful = np.flatnonzero(iou.max(axis=1) >= iou_thresh)  # the rest cannot take any box
+            for row in hopeful[_score_order(record.dt_scores[left[hopeful]])]:
+                candidates = np.where(taken, -1.0, iou[row])
+                g = int(np.argmax(candidates))
+                if candidates[g] >= iou_thresh:
+                    counts[gt_class[g], record.dt_labels[left[row]] - 1] += 1
+                    taken[g] = True
+                    unmatched[row] = False
+        np.add.at(counts, (background, record.dt_labels[left[unmatched]] - 1), 1)
+        np.add.at(counts, (gt_class[~taken], background), 1)
+    names = list(class_names) if class_names is not None else [str(k) for k in range(1, num_classes + 1)]
+    return ConfusionMatrix(counts, [*names, "background"], float(score_thresh), float(iou_thresh))
+
+
+@dataclass
+class ConfidenceCurves:
+    """Precision, recall and F1 of each class (rows, index k = label k + 1) at each score threshold.
+
+    ``precision`` is NaN where no detection of the class reaches the threshold, ``recall`` and ``f1`` NaN
+    for a class without ground truth. ``all_*`` are the means over the classes that have ground truth
+    (precision over those with a value), the "all classes" curves.
+    """
+
+    thresholds: np.ndarray  # (T,)
+    precision: np.ndarray  # (K, T)
+    recall: np.ndarray  # (K, T)
+    f1: np.ndarray  # (K, T)
+    num_gt: np.ndarray  # (K,)
+    iou_thresh: float
+
+    def _mean(self, values: np.ndarray) -> np.ndarray:
+        rows = values[self.num_gt > 0]
+        if not len(rows):
+            return np.full(len(self.thresholds), np.nan)
+        valid = np.isfinite(rows)
+        total = np.where(valid, rows, 0.0).sum(axis=0)
+        count = valid.sum(axis=0)
+        return np.divide(total, count, out=np.full(len(self.thresholds), np.nan), where=count > 0)
+
+    @property
+    def all_precision(self) -> np.ndarray:
+        return self._mean(self.precision)
+
+    @property
+    def all_recall(self) -> np.ndarray:
+        return self._mean(self.recall)
+
+    @property
+    def all_f1(self) -> np.ndarray:
+        return self._mean(self.f1)
+
+    def best_f1(self) -> tuple[float, float]:
+        """(F1, score threshold) where the all-classes F1 peaks; (NaN, NaN) without ground truth."""
+        f1 = self.all_f1
+        if not np.isfinite(f1).any():
+            return float("nan"), float("nan")
+        i = int(np.nanargmax(f1))
+        return float(f1[i]), float(self.thresholds[i])
+
+
+CONFIDENCE_STEPS = 201  # score thresholds 0, 0.005, ..., 1
+
+
+def confidence_curves(records: Sequence[_ImageRecord], num_classes: int, iou_thresh: float = 0.5,
+                      thresholds: np.ndarray | None = None) -> ConfidenceCurves:
+    """Precision = TP / detections, recall = TP / ground truth and F1 = 2 TP / (detections + ground truth)
+    of each class, counting the detections with score >= each threshold; TP as in COCO at ``iou_thresh``
+    (:func:`match_same_class`)."""
+    thresholds = np.linspace(0.0, 1.0, CONFIDENCE_STEPS) if thresholds is None else np.asarray(thresholds, float)
+    scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    hits: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    num_gt = np.zeros(num_classes, np.int64)
+    for record in records:
+        num_gt += np.bincount(record.gt_labels - 1, minlength=num_classes)[:num_classes]
+        tp = match_same_class(record, iou_thresh) >= 0
+        for k in np.unique(record.dt_labels - 1):
+            mine = record.dt_labels - 1 == k
+            scores[k].append(record.dt_scores[mine])
+            hits[k].append(tp[mine])
+    shape = (num_classes, len(thresholds))
+    precision, recall, f1 = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    for k in range(num_classes):
+        s = np.concatenate(scores[k]) if scores[k] else np.zeros(0)
+        h = np.concatenate(hits[k]) if hits[k] else np.zeros(0, bool)
+        order = _score_order(s)
+        s, cum_tp = s[order], np.cumsum(h[order])
+        # detections with score >= t: the first n of the descending scores
+        n = np.searchsorted(-s, -thresholds, side="right")
+        tp = np.where(n > 0, cum_tp[np.maximum(n - 1, 0)] if len(s) else 0, 0).astype(np.float64)
+        precision[k] = np.divide(tp, n, out=np.full(len(thresholds), np.nan), where=n > 0)
+        if num_gt[k] > 0:
+            recall[k] = tp / num_gt[k]
+            f1[k] = 2 * tp / (n + num_gt[k])
+    return ConfidenceCurves(thresholds, precision, recall, f1, num_gt, float(iou_thresh))
+
+
 # ------------------------------------------------------------------------------------------ model loops
 def _unwrap(model: nn.Module) -> nn.Module:
     # DistributedDataParallel / DataParallel keep the detector (and its zeroing API) in .module
@@ -399,13 +615,16 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
 def robustness_table(model: nn.Module, loader: Iterable[Any], device: torch.device | str, *,
                      precision: str = "fp32", class_names: Sequence[str],
                      modalities: Sequence[str] | None = None,
-                     max_batches: int | None = None, gather: bool = False) -> list[dict[str, Any]]:
+                     max_batches: int | None = None, gather: bool = False,
+                     on_progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """mAP etc. with all inputs, then with each modality zeroed in turn (missing-sensor robustness).
 
     Rows are ``{"zeroed": "none" | name, **metrics}``. Only modalities the model's streams read are tried
     (None: all of them); one the model already zeroes (``model.zero_modalities``) is skipped, and the
     "none" row is the model as configured, so each row differs from it by exactly one missing sensor.
     ``gather``: every rank of a distributed run evaluates its shard (see :func:`evaluate`).
+    ``on_progress(done, total)`` is called after every batch with the batches done over all passes and
+    their total (for a progress display; total 0 when ``loader`` has no length).
     """
     core = _unwrap(model)
     layout = core.layout
@@ -414,11 +633,17 @@ def robustness_table(model: nn.Module, loader: Iterable[Any], device: torch.devi
     base = list(core.zero_modalities)
     to_zero = [m for m in candidates if m in layout.used_modalities() and m not in base]
 
+    passes = [None, *to_zero]
+    per_pass = len(loader) if hasattr(loader, "__len__") else 0  # type: ignore[arg-type]
+    per_pass = min(per_pass, max_batches) if max_batches is not None else per_pass
     rows: list[dict[str, Any]] = []
-    for zeroed in [None, *to_zero]:
+    for index, zeroed in enumerate(passes):
+        on_batch = None
+        if on_progress is not None:
+            on_batch = lambda n, before=index * per_pass: on_progress(before + n, per_pass * len(passes))  # noqa: E731
         result = evaluate(model, loader, device, precision=precision, class_names=class_names,
                           zero_modalities=base + ([zeroed] if zeroed else []), max_batches=max_batches,
-                          gather=gather)
+                          gather=gather, on_batch=on_batch)
         rows.append({"zeroed": zeroed or "none", **result.metrics})
     return rows
 
@@ -427,6 +652,19 @@ def robustness_table(model: nn.Module, loader: Iterable[Any], device: torch.devi
 def save_predictions(path: str | Path, predictions: Sequence[Mapping[str, Any]]) -> None:
     """Write detections as a COCO results JSON file (atomically, compact: files reach 10^5 entries)."""
     atomic_write_text(path, json.dumps(list(predictions), separators=(",", ":"), allow_nan=False) + "\n")
+
+
+GROUND_TRUTH_INFO = ("image_id: the frame's 0-based position in the data set's sorted list of frame stems "
+                     "(as in predictions_<split>.json); file_name: the frame stem")
+
+
+def save_ground_truth(path: str | Path, ground_truth: Mapping[str, Any], description: str = "") -> None:
+    """Write a COCO instances file (images, annotations, categories) that pycocotools and other COCO tools
+    read, with an ``info`` block saying what ``image_id`` and ``file_name`` are (atomically, compact)."""
+    info = {"description": description or "ground truth of a CrossAttentionDet evaluation",
+            "ids": GROUND_TRUTH_INFO}
+    data = {"info": info, **{k: list(ground_truth[k]) for k in ("images", "annotations", "categories")}}
+    atomic_write_text(path, json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n")
 
 
 def save_metrics(path: str | Path, result: EvalResult) -> None:

@@ -1,8 +1,9 @@
 """Study plots: mAP per configuration with error bars, sensitivity curves, grids, Pareto fronts, AP by size.
 
-Error bars are 95% confidence intervals of the mean over runs (none with a single run); for test mAP they
-cover test-set sampling too where the runs have bootstrap_test.json (see
-:mod:`crossattentiondet.studies.aggregate`). ``note`` is appended to a title (the report passes
+Error bars are 95% confidence intervals of the mean over runs (none with a single run), clipped to [0, 1]
+(an AP cannot leave it); for test mAP they cover test-set sampling too where the runs have
+bootstrap_test.json (see :mod:`crossattentiondet.studies.aggregate`). Bars per configuration are
+horizontal, so long configuration names are wrapped beside them and never overlap. ``note`` is appended to a title (the report passes
 " (quick)"). matplotlib's object-oriented API only (Figure + Agg canvas, as in :mod:`crossattentiondet.viz`);
 every function writes one PNG atomically and returns its path.
 """
@@ -18,6 +19,7 @@ import numpy as np
 
 from crossattentiondet.io import atomic_write
 from crossattentiondet.studies.aggregate import ConfigResult, StudyResults
+from crossattentiondet.viz import LABEL_CHARS, clipped_errors, horizontal_bar_height, wrap_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,10 +48,17 @@ def _title(ax: Any, text: str, width: int = 60) -> None:
     ax.set_title("\n".join(textwrap.wrap(text, width)), fontsize=9)
 
 
-def _mean_err(c: ConfigResult, metric: str) -> tuple[float, float]:
+def _mean_err(c: ConfigResult, metric: str) -> tuple[float, tuple[float, float]]:
+    """Mean and (below, above) error-bar lengths of its 95% CI clipped to [0, 1]; (0, 0) without a CI."""
     s = c.stats[metric]
-    half = (s.ci_high - s.ci_low) / 2 if math.isfinite(s.ci_high) else 0.0
-    return (s.mean if math.isfinite(s.mean) else math.nan), half
+    mean = s.mean if math.isfinite(s.mean) else math.nan
+    below, above = clipped_errors([mean], [s.ci_low], [s.ci_high])[:, 0]
+    return mean, (float(below), float(above))
+
+
+def _errors(pairs: Sequence[tuple[float, float]]) -> np.ndarray:
+    """(2, N) error lengths for matplotlib from per-bar (below, above) pairs."""
+    return np.asarray(pairs, dtype=np.float64).reshape(-1, 2).T
 
 
 def short_label(c: ConfigResult, keys: Sequence[str]) -> str:
@@ -70,35 +79,48 @@ def short_label(c: ConfigResult, keys: Sequence[str]) -> str:
     return " ".join(parts)
 
 
-def _baseline_band(ax: Any, baseline: ConfigResult | None, metric: str = "mAP") -> None:
+def _baseline_band(ax: Any, baseline: ConfigResult | None, metric: str = "mAP", vertical: bool = False) -> None:
+    """The baseline's mean as a dashed line and its (clipped) 95% CI as a band; ``vertical`` for
+    horizontal bar charts, where the metric runs along x."""
     if baseline is None:
         return
-    mean, half = _mean_err(baseline, metric)
+    mean, (below, above) = _mean_err(baseline, metric)
     if not math.isfinite(mean):
         return
-    ax.axhline(mean, color=BASELINE_COLOR, linestyle="--", linewidth=1.0,
-               label=f"baseline test {metric} ({baseline.configuration.id})")
-    if half > 0:
-        ax.axhspan(mean - half, mean + half, color=BASELINE_COLOR, alpha=0.12, linewidth=0)
+    line, span = (ax.axvline, ax.axvspan) if vertical else (ax.axhline, ax.axhspan)
+    line(mean, color=BASELINE_COLOR, linestyle="--", linewidth=1.0,
+         label=f"baseline test {metric} ({baseline.configuration.id})")
+    if below + above > 0:
+        span(mean - below, mean + above, color=BASELINE_COLOR, alpha=0.12, linewidth=0)
+
+
+def _horizontal_bars(ax: Any, configs: list[ConfigResult], series: Sequence[tuple[str, str, str]],
+                     label_of: Any) -> None:
+    """One row per configuration (first on top), one bar per (metric, color, legend label) of ``series``,
+    each with its clipped 95% CI; the configuration names wrapped beside the rows."""
+    y = np.arange(len(configs))
+    height = 0.8 / max(1, len(series))
+    for j, (metric, color, label) in enumerate(series):
+        means, errs = zip(*(_mean_err(c, metric) for c in configs)) if configs else ((), ())
+        ax.barh(y - 0.4 + height * (j + 0.5), np.nan_to_num(means), height, xerr=_errors(errs), capsize=2,
+                color=color, label=label, error_kw={"linewidth": 0.8})
+    ax.set_yticks(y, [wrap_label(label_of(c), LABEL_CHARS) for c in configs], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.02)  # the cap of an interval clipped at 1 stays visible
+    ax.grid(axis="x", alpha=0.3)
 
 
 def plot_config_bars(configs: list[ConfigResult], baseline: ConfigResult | None, path: Path, title: str) -> Path:
     """Validation and test mAP of each configuration (mean over seeds, 95% CI), the baseline as a band."""
-    fig = _figure(max(5.0, 0.75 * len(configs) + 2.0), 4.4)
+    labels = [c.configuration.id for c in configs]
+    fig = _figure(8.0, horizontal_bar_height(labels, 2))
     ax = fig.subplots()
-    x = np.arange(len(configs))
-    width = 0.38
-    for offset, metric, color, label in ((-width / 2, "val_mAP", VAL_COLOR, "validation mAP"),
-                                         (width / 2, "mAP", TEST_COLOR, "test mAP")):
-        means, errs = zip(*(_mean_err(c, metric) for c in configs)) if configs else ((), ())
-        ax.bar(x + offset, np.nan_to_num(means), width, yerr=errs, capsize=3, color=color, label=label,
-               error_kw={"linewidth": 0.9})
-    _baseline_band(ax, baseline)
-    ax.set_xticks(x, [c.configuration.id for c in configs], rotation=35, ha="right", fontsize=7)
-    ax.set_ylabel("COCO mAP")
+    _horizontal_bars(ax, configs, (("val_mAP", VAL_COLOR, "validation mAP"), ("mAP", TEST_COLOR, "test mAP")),
+                     lambda c: c.configuration.id)
+    _baseline_band(ax, baseline, vertical=True)
+    ax.set_xlabel("COCO mAP")
     _title(ax, title)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
 
 
@@ -111,7 +133,7 @@ def plot_sensitivity(lines: dict[str, list[tuple[float, ConfigResult]]], key: st
         points = sorted(points, key=lambda p: p[0])
         xs = [p[0] for p in points]
         means, errs = zip(*(_mean_err(c, "mAP") for _, c in points))
-        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, linewidth=1.4, label=parent)
+        ax.errorbar(xs, means, yerr=_errors(errs), marker="o", capsize=3, linewidth=1.4, label=parent)
     _baseline_band(ax, baseline)
     ax.set_xlabel(key)
     ax.set_ylabel("test mAP")
@@ -140,10 +162,12 @@ def plot_grid(groups: dict[str, list[tuple[str, ConfigResult]]], baseline: Confi
                     xs.append(g - 0.4 + width * (j + 0.5))
                     means.append(mean)
                     errs.append(err)
-        ax.bar(xs, np.nan_to_num(means), width, yerr=errs, capsize=2, color=cmap(j % 10), label=label,
+        ax.bar(xs, np.nan_to_num(means), width, yerr=_errors(errs), capsize=2, color=cmap(j % 10), label=label,
                error_kw={"linewidth": 0.8})
     _baseline_band(ax, baseline)
-    ax.set_xticks(np.arange(len(groups)), list(groups), fontsize=8)
+    # a group is (0.3 * bars + 0.6) inches wide: about 11 characters of size 8 per inch fit under it
+    chars = max(6, int((0.3 * len(labels) + 0.6) * 11))
+    ax.set_xticks(np.arange(len(groups)), [wrap_label(g, chars) for g in groups], fontsize=8)
     ax.set_ylabel("test mAP")
     _title(ax, title)
     ax.legend(fontsize=6, ncol=2)
@@ -162,7 +186,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-COST_AXES = (("params_M", "parameters (M)"), ("detector_gflops", "detector GFLOPs / image"),
+COST_AXES = (("params_M", "parameters (M)"), ("detector_gflops", "detector GFLOPs / image (2 per MAC)"),
              ("latency_ms", "latency (ms / image)"))
 
 
@@ -179,7 +203,7 @@ def plot_pareto(results: StudyResults, path: Path, note: str = "") -> Path:
             continue
         costs = [c.stats[metric].mean for c in usable]
         means, errs = zip(*(_mean_err(c, "mAP") for c in usable))
-        ax.errorbar(costs, means, yerr=errs, fmt="o", color=TEST_COLOR, ecolor="#a0a0a0", capsize=2, markersize=4)
+        ax.errorbar(costs, means, yerr=_errors(errs), fmt="o", color=TEST_COLOR, ecolor="#a0a0a0", capsize=2, markersize=4)
         front = pareto_front(list(zip(costs, means)))
         ax.plot([costs[i] for i in front], [means[i] for i in front], color="#d04020", linewidth=1.3,
                 drawstyle="steps-post", label="Pareto front")
@@ -197,18 +221,11 @@ def plot_pareto(results: StudyResults, path: Path, note: str = "") -> Path:
 def plot_ap_by_size(results: StudyResults, path: Path, note: str = "") -> Path:
     """AP of small, medium and large objects per configuration (mean over seeds, 95% CI)."""
     configs = results.configs
-    fig = _figure(max(6.0, 0.8 * len(configs) + 2.0), 4.4)
+    fig = _figure(8.0, horizontal_bar_height([c.configuration.id for c in configs], 3))
     ax = fig.subplots()
-    x = np.arange(len(configs))
-    width = 0.27
-    for j, (metric, color) in enumerate((("mAP_small", "#80b060"), ("mAP_medium", "#3070b0"),
-                                         ("mAP_large", "#c06030"))):
-        means, errs = zip(*(_mean_err(c, metric) for c in configs)) if configs else ((), ())
-        ax.bar(x + (j - 1) * width, np.nan_to_num(means), width, yerr=errs, capsize=2, color=color,
-               label=metric, error_kw={"linewidth": 0.8})
-    ax.set_xticks(x, [c.configuration.id for c in configs], rotation=35, ha="right", fontsize=7)
-    ax.set_ylabel("test AP")
+    _horizontal_bars(ax, configs, (("mAP_small", "#80b060", "mAP_small"), ("mAP_medium", "#3070b0", "mAP_medium"),
+                                   ("mAP_large", "#c06030", "mAP_large")), lambda c: c.configuration.id)
+    ax.set_xlabel("test AP")
     _title(ax, f"AP by object size (COCO areas; n/a where a split has no objects of a size){note}")
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
