@@ -35,6 +35,7 @@ from crossattentiondet.studies.runner import (
     execute_run,
     execution_order,
     missing_data_root,
+    prepare_study_tracking,
     record_unstartable,
     runnable,
     write_run_config,
@@ -293,6 +294,7 @@ def submit_study(plan: StudyPlan, executor: Any, *, retry_failed: bool = True, r
         todo.remove(run)
     if not todo:
         return []
+    prepare_study_tracking(plan)  # here, not in the array's tasks, which would race to create the store
     for run in todo:
         assert run.run_dir is not None
         write_run_config(plan, run)

@@ -50,7 +50,8 @@ from crossattentiondet.studies.state import (
 STUDY_RECORD = "study.json"
 STUDY_LOG = "study.log"
 # config keys that may differ between the run on disk and the plan (paths, devices, loaders, logging)
-COMPARE_IGNORED = (*IDENTITY_KEYS, "train.device", "data.loader.", "train.log_every", "output.tensorboard")
+COMPARE_IGNORED = (*IDENTITY_KEYS, "train.device", "data.loader.", "train.log_every", "output.tensorboard",
+                   "output.mlflow.")
 # a training process ended by these signals was interrupted (Ctrl-C, cluster preemption), not broken
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 INTERRUPT_CODES = {-int(s) for s in INTERRUPT_SIGNALS} | {128 + int(s) for s in INTERRUPT_SIGNALS}
@@ -185,11 +186,60 @@ def execute_run(run_dir: Path, *, env: dict[str, str] | None = None, owner: str 
 
 # ----------------------------------------------------------------------------------------- the study
 def write_run_config(plan: StudyPlan, run: PlannedRun) -> Path:
-    """Write ``study_config.yaml`` of ``run`` (atomically) and return its path."""
+    """Write ``study_config.yaml`` of ``run`` (atomically) and return its path.
+
+    With ``output.mlflow.enabled`` the run is tracked in the study's MLflow store (:func:`study_tracking`).
+    """
     assert run.run_dir is not None
     path = run.run_dir / STUDY_CONFIG
-    atomic_write_text(path, yaml.safe_dump(plan.run_config(run), sort_keys=False))
+    tree = plan.run_config(run)
+    mlflow = tree["output"]["mlflow"]
+    if mlflow["enabled"]:
+        tracking = study_tracking(plan, run, mlflow.get("tracking_uri"))
+        mlflow.update({**tracking, "tags": {**(mlflow.get("tags") or {}), **tracking["tags"]}})
+    atomic_write_text(path, yaml.safe_dump(tree, sort_keys=False))
     return path
+
+
+def study_experiment(plan: StudyPlan) -> str:
+    """The MLflow experiment of a study: its name (``<name>-quick`` for --quick, so smoke tests never mix
+    with results in a shared tracking server)."""
+    return plan.spec.name + ("-quick" if plan.settings.quick else "")
+
+
+def study_tracking_uri(plan: StudyPlan) -> str:
+    """The study's own MLflow store: ``sqlite:///<study>/mlflow.db`` (artefacts in ``<study>/mlruns``)."""
+    from crossattentiondet.engine.runlog import default_tracking_uri
+
+    return default_tracking_uri(plan.study_dir)
+
+
+def study_tracking(plan: StudyPlan, run: PlannedRun, tracking_uri: str | None = None) -> dict[str, Any]:
+    """``output.mlflow`` of a study run: one store per study (a tracking server given in the config is
+    kept), the study as the experiment, tags study / configuration / phase / seed (/ split_seed), and a run
+    name that says which configuration and seed it is (the run's key, e.g. ``exp_001_s3/seed1``)."""
+    from crossattentiondet.engine.runlog import RUN_NAME_TAG
+
+    tags: dict[str, Any] = {"study": study_experiment(plan), "configuration": run.config_id,
+                            "phase": run.configuration.phase_name, "seed": str(run.seed)}
+    if run.split_seed is not None:
+        tags["split_seed"] = str(run.split_seed)
+    tags[RUN_NAME_TAG] = run.key
+    return {"tracking_uri": tracking_uri or study_tracking_uri(plan), "experiment": study_experiment(plan),
+            "tags": tags}
+
+
+def prepare_study_tracking(plan: StudyPlan) -> None:
+    """Create the study's MLflow store and experiment once, before runs start in parallel (concurrent first
+    connections would race to create the SQLite schema). A no-op unless a configuration enables MLflow."""
+    enabled = [c.config.output.mlflow for c in plan.configurations if c.config is not None
+               and c.config.output.mlflow.enabled]
+    if not enabled:
+        return
+    from crossattentiondet.engine.runlog import open_mlflow_experiment
+
+    for uri in sorted({m.tracking_uri or study_tracking_uri(plan) for m in enabled}):
+        open_mlflow_experiment(uri, study_experiment(plan))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -350,6 +400,7 @@ def run_study(spec: StudySpec, settings: StudySettings | None = None, *, max_par
     check_plan_matches_disk(plan)
     ensure_writable_dir(plan.study_dir, "study directory")
     record_study(plan)
+    prepare_study_tracking(plan)
     summary = StudyRunSummary(plan.study_dir)
     attempted: set[str] = set()
     announced = set(plan.selections)
