@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("model-info", help="parameters per component and FLOPs of a configured detector",
                        description="Build the configured detector (random weights, no data needed) and report "
-                                   "parameters per component, size and FLOPs.")
+                                   "parameters per component, size, GFLOPs (2 per multiply-add) and GMACs "
+                                   "(multiply-adds: the 'FLOPs' of fvcore/mmdet papers).")
     add_config_args(p)
     p.add_argument("--size", default="640x480", metavar="WxH",
                    help="input size for FLOPs (default 640x480); 'none' to skip FLOPs")
@@ -74,8 +75,11 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     console.print(f"size: {info['size_mb']:.1f} MB (fp32)")
     if "flops" in info:
         f = info["flops"]
-        console.print(f"FLOPs at {f['size'][0]}x{f['size'][1]}: backbone {f['backbone_gflops']:.2f} G, "
-                      f"whole detector {f['detector_gflops']:.2f} G per image")
+        console.print(f"at {f['size'][0]}x{f['size'][1]}, per image: backbone {f['backbone_gflops']:.2f} GFLOPs "
+                      f"({f['backbone_gmacs']:.2f} GMACs), whole detector {f['detector_gflops']:.2f} GFLOPs "
+                      f"({f['detector_gmacs']:.2f} GMACs)")
+        console.print("FLOPs count 2 per multiply-add; GMACs count multiply-adds, what fvcore/mmdet papers call "
+                      "FLOPs", highlight=False)
     return 0
 
 

@@ -1,7 +1,14 @@
-"""What a configured detector costs: parameters per component, size, FLOPs."""
+"""What a configured detector costs: parameters per component, size, FLOPs.
+
+FLOPs convention: ``*_gflops`` count 2 FLOPs per multiply-add (a multiply and an add), as
+``torch.utils.flop_counter`` does, over matrix products, convolutions and attention (element-wise ops,
+norms and activations are not counted). Detection papers quoting fvcore / mmdet "FLOPs" count one per
+multiply-add: that number is ``*_gmacs`` here, half of ``*_gflops``. Both are reported everywhere FLOPs are.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,11 +43,25 @@ def model_size_mb(model: nn.Module) -> float:
     return total / 1e6
 
 
+FLOPS_CONVENTION = ("gflops: 2 FLOPs per multiply-add (torch.utils.flop_counter: matmuls, convolutions, attention); "
+                    "gmacs: multiply-adds, what fvcore/mmdet papers call FLOPs (= gflops / 2)")
+
+
+def count_forward_flops(run: Callable[[], object]) -> dict[str, int]:
+    """FLOPs (2 per multiply-add) and multiply-adds of calling ``run()``, e.g. ``lambda: module(x)``."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    flops = int(counter.get_total_flops())
+    # torch's counter adds exactly 2 per multiply-add for every op it counts, so the halving is exact
+    return {"flops": flops, "macs": flops // 2}
+
+
 def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> dict[str, float]:
-    """FLOPs (multiply-add = 2 FLOPs) of one inference at ``size`` = (width, height), in GFLOPs.
+    """GFLOPs (2 per multiply-add) and GMACs (multiply-adds) of one inference at ``size`` = (width, height).
 
     ``backbone`` is encoder + FPN; ``detector`` the whole eval-mode forward (RPN proposals and box head
-    included, which depend on the proposal count). Counted with ``torch.utils.flop_counter``.
+    included, which depend on the proposal count). Counted with ``torch.utils.flop_counter``; see
+    :data:`FLOPS_CONVENTION`.
     """
     width, height = size
     was_training = model.training
@@ -51,15 +72,15 @@ def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> dict
     try:
         with torch.inference_mode():
             normalised, _ = model.transform(list(images))
-            with FlopCounterMode(display=False) as backbone_counter:
-                model.backbone(normalised.tensors)
-            with FlopCounterMode(display=False) as full_counter:
-                model(list(images))
+            backbone = count_forward_flops(lambda: model.backbone(normalised.tensors))
+            detector = count_forward_flops(lambda: model(list(images)))
     finally:
         model.train(was_training)
     return {
-        "backbone_gflops": backbone_counter.get_total_flops() / 1e9 / batch,
-        "detector_gflops": full_counter.get_total_flops() / 1e9 / batch,
+        "backbone_gflops": backbone["flops"] / 1e9 / batch,
+        "detector_gflops": detector["flops"] / 1e9 / batch,
+        "backbone_gmacs": backbone["macs"] / 1e9 / batch,
+        "detector_gmacs": detector["macs"] / 1e9 / batch,
     }
 
 
@@ -79,5 +100,6 @@ def model_info(config: Any, size: tuple[int, int] | None = None, num_classes: in
         "components": parameter_breakdown(model, config.model.streams),
     }
     if size is not None:
-        info["flops"] = {"size": list(size), **{k: round(v, 3) for k, v in count_flops(model, size).items()}}
+        info["flops"] = {"size": list(size), **{k: round(v, 3) for k, v in count_flops(model, size).items()},
+                         "convention": FLOPS_CONVENTION}
     return info

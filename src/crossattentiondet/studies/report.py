@@ -100,7 +100,7 @@ def _holm_header(results: StudyResults) -> str:
 def _config_table(configs: list[ConfigResult], results: StudyResults, tag: str = "") -> list[str]:
     lines = [f"| configuration | changes | runs | test mAP{tag} | 95% CI{tag} | Δ mAP vs baseline [95% CI]{tag} | "
              f"p (uncorrected) | {_holm_header(results)} | distinguishable from noise? (Holm p < {ALPHA}) | "
-             f"val mAP{tag} | params (M) | GFLOPs | latency (ms) |",
+             f"val mAP{tag} | params (M) | GFLOPs (2 per multiply-add) | latency (ms) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in configs:
         diff, p, p_holm, flag = _verdict(c, results)
@@ -281,7 +281,8 @@ def write_report(plan: StudyPlan, results: StudyResults | None = None) -> Path:
             lines += [*_config_table(baseline_rows + members, results, tag), ""]
             lines += _phase_plots(results, index, members, plot_dir, tag)
     if results.configs:
-        lines += [f"## Accuracy vs cost{tag}", "", "Parameters and FLOPs are per image at the evaluation size; latency "
+        lines += [f"## Accuracy vs cost{tag}", "", "Parameters and FLOPs are per image at the evaluation size (FLOPs count 2 per "
+                  "multiply-add, twice what fvcore/mmdet papers call FLOPs); latency "
                   "is the median of the run's inference timing on its own device (compare runs from one machine "
                   "only).", ""]
         path = plots.plot_pareto(results, plot_dir / "pareto.png", note=tag)

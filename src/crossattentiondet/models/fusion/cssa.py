@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from crossattentiondet.models.fusion.registry import FusionOutput, register_fusion
+from crossattentiondet.models.fusion.registry import FusionOutput, RecordsInternals, register_fusion
 
 
 class ECA(nn.Module):
@@ -52,7 +52,11 @@ def spatial_gate(x: Tensor) -> Tensor:
 
 
 @register_fusion("cssa")
-class CSSAFusion(nn.Module):
+class CSSAFusion(RecordsInternals, nn.Module):
+    """Recorded internals (see :class:`RecordsInternals`): ``eca_weights_1/2`` (B, C, 1, 1), ``switch_1/2``
+    (bool, B, C, 1, 1: the channels each stream hands over to the other's) and ``spatial_gate`` (B, 1, H, W,
+    computed on the concatenated switched pair)."""
+
     def __init__(self, channels: int, switching_thresh: float = 0.5, kernel_size: int = 3) -> None:
         super().__init__()
         self.channels = channels
@@ -72,8 +76,11 @@ class CSSAFusion(nn.Module):
         s1 = torch.where(switch1, r2, r1)
         s2 = torch.where(switch2, r1, r2)
         both = torch.cat((s1, s2), dim=1)
-        gated = both * spatial_gate(both)
+        gate = spatial_gate(both)
+        gated = both * gate
         fused = 0.5 * (gated[:, : self.channels] + gated[:, self.channels:])
+        if self.record_internals:
+            self._record(eca_weights_1=w1, eca_weights_2=w2, switch_1=switch1, switch_2=switch2, spatial_gate=gate)
         return fused, x1, x2
 
     def switch_masks(self, w1: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:

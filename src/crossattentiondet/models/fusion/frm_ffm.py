@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crossattentiondet.models.fusion.registry import FusionOutput, register_fusion
+from crossattentiondet.models.fusion.registry import FusionOutput, RecordsInternals, register_fusion
 from crossattentiondet.models.mit import map_to_tokens, segformer_init, tokens_to_map
 
 
@@ -54,8 +54,13 @@ class SpatialWeights(nn.Module):
         return w[:, 0:1], w[:, 1:2]
 
 
-class FeatureRectifyModule(nn.Module):
-    """Each stream is corrected by the other: x1' = x1 + (lc * cw1 + ls * sw1) * x2 (and symmetric)."""
+class FeatureRectifyModule(RecordsInternals, nn.Module):
+    """Each stream is corrected by the other: x1' = x1 + (lc * cw2 + ls * sw2) * x2 (and symmetric).
+
+    cw1/sw1 weigh stream 1's features where they rectify stream 2, cw2/sw2 stream 2's where they rectify
+    stream 1. Recorded internals (see :class:`RecordsInternals`): ``channel_weights_1/2`` (B, C, 1, 1) and
+    ``spatial_weights_1/2`` (B, 1, H, W).
+    """
 
     def __init__(self, dim: int, reduction: int = 1, lambda_c: float = 0.5, lambda_s: float = 0.5) -> None:
         super().__init__()
@@ -70,6 +75,8 @@ class FeatureRectifyModule(nn.Module):
         sw1, sw2 = self.spatial_weights(both)
         out1 = x1 + (self.lambda_c * cw2 + self.lambda_s * sw2) * x2
         out2 = x2 + (self.lambda_c * cw1 + self.lambda_s * sw1) * x1
+        if self.record_internals:
+            self._record(channel_weights_1=cw1, channel_weights_2=cw2, spatial_weights_1=sw1, spatial_weights_2=sw2)
         return out1, out2
 
 
@@ -155,8 +162,13 @@ class FeatureFusionModule(nn.Module):
 
 
 @register_fusion("frm_ffm")
-class FrmFfmFusion(nn.Module):
-    """FRM rectifies both streams (which carry on to the next stage); FFM fuses the rectified pair."""
+class FrmFfmFusion(RecordsInternals, nn.Module):
+    """FRM rectifies both streams (which carry on to the next stage); FFM fuses the rectified pair.
+
+    Recorded internals: those of its FRM (:class:`FeatureRectifyModule`).
+    """
+
+    recording_parts = ("frm",)
 
     def __init__(self, channels: int, num_heads: int = 1, reduction: int = 1, lambda_c: float = 0.5,
                  lambda_s: float = 0.5) -> None:
@@ -175,6 +187,8 @@ class FrmFfmFusion(nn.Module):
 
     def forward(self, x1: Tensor, x2: Tensor) -> FusionOutput:
         r1, r2 = self.frm(x1, x2)
+        if self.record_internals:
+            self._record(**self.frm.internals)
         return self.ffm(r1, r2), r1, r2
 
 

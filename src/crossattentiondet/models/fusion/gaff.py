@@ -17,10 +17,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from crossattentiondet.models.fusion.registry import FusionOutput, register_fusion
+from crossattentiondet.models.fusion.registry import FusionOutput, RecordsInternals, register_fusion
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(RecordsInternals, nn.Module):
+    """x * gate(x), the gate (B, C) recorded as ``gate`` (see :class:`RecordsInternals`)."""
+
     def __init__(self, channels: int, reduction: int) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
@@ -32,11 +34,20 @@ class SqueezeExcite(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.fc(x.mean(dim=(2, 3)))[:, :, None, None]
+        gate = self.fc(x.mean(dim=(2, 3)))
+        if self.record_internals:
+            self._record(gate=gate)
+        return x * gate[:, :, None, None]
 
 
 @register_fusion("gaff")
-class GAFFFusion(nn.Module):
+class GAFFFusion(RecordsInternals, nn.Module):
+    """Recorded internals (see :class:`RecordsInternals`): ``se_gate_1/2`` (B, C: each stream's own channel
+    gate) and ``inter_gate_1/2`` (B, C, H, W: ``inter_gate_1`` weighs stream 2's features added to stream 1,
+    ``inter_gate_2`` the reverse)."""
+
+    recording_parts = ("se1", "se2")  # the SE gates are recorded by the SE modules themselves
+
     def __init__(self, channels: int, se_reduction: int = 4, inter_shared: bool = False,
                  merge_bottleneck: bool = False) -> None:
         super().__init__()
@@ -62,4 +73,7 @@ class GAFFFusion(nn.Module):
         gate2 = torch.sigmoid(inter2(torch.cat((x2, x1), dim=1)))
         hat1 = self.se1(x1) + gate1 * x2
         hat2 = self.se2(x2) + gate2 * x1
+        if self.record_internals:
+            self._record(se_gate_1=self.se1.internals["gate"], se_gate_2=self.se2.internals["gate"],
+                         inter_gate_1=gate1, inter_gate_2=gate2)
         return self.merge(torch.cat((hat1, hat2), dim=1)), x1, x2
