@@ -114,3 +114,18 @@ class DataTrees:
 def trees(tmp_path: Path) -> DataTrees:
     """Builder of tiny data-set folders in ``tmp_path`` (see :class:`DataTrees`)."""
     return DataTrees(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One tiny detector trained for one epoch on 10 8-bit .npy frames (64x64, classes person and car), shared
+    by every test that only reads a finished run: (run directory, data root). Do not write into it."""
+    from crossattentiondet.config import load_config
+    from crossattentiondet.engine.trainer import train
+    from tests.test_train import TINY, frames
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    root = DataTrees(tmp).npy("data", frames=frames(10), size=(64, 64), classes=["person", "car"])
+    result = train(load_config(None, [*TINY, f"data.root={root}", f"output.root={tmp / 'runs'}", "name=tiny",
+                                      "train.epochs=1", "eval.panels=2"]))
+    return result.run_dir, root

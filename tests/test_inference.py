@@ -10,23 +10,10 @@ import numpy as np
 import pytest
 
 from crossattentiondet.cli import main
-from crossattentiondet.config import load_config
-from crossattentiondet.engine.trainer import train
-from tests.conftest import DataTrees
-from tests.test_train import TINY, frames
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("inference")
-    root = DataTrees(tmp).npy("data", frames=frames(10), size=(64, 64), classes=["person", "car"])
-    result = train(load_config(None, [*TINY, f"data.root={root}", f"output.root={tmp / 'runs'}", "name=tiny",
-                                      "train.epochs=1"]))
-    return result.run_dir, root
-
-
-def test_eval_own_test_split_matches_training(trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    run, _ = trained
+def test_eval_own_test_split_matches_training(tiny_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = tiny_run
     assert main(["eval", str(run), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     final = json.loads((run / "final_results.json").read_text())
@@ -42,9 +29,9 @@ def test_eval_own_test_split_matches_training(trained: tuple[Path, Path], capsys
     assert summary["bootstrap"]["ci95"] == final["results"]["mAP_ci95"]
 
 
-def test_eval_on_another_data_set_and_errors(trained: tuple[Path, Path], tmp_path: Path,
+def test_eval_on_another_data_set_and_errors(tiny_run: tuple[Path, Path], tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    run, root = trained
+    run, root = tiny_run
     other = tmp_path / "other"
     shutil.copytree(root, other)
     assert main(["eval", str(run / "checkpoints" / "best.pt"), "--data", str(other), "--out", str(tmp_path / "ev"),
@@ -57,9 +44,9 @@ def test_eval_on_another_data_set_and_errors(trained: tuple[Path, Path], tmp_pat
     assert "not found" in capsys.readouterr().err
 
 
-def test_predict_on_npy_files_and_unlabelled_folders(trained: tuple[Path, Path], tmp_path: Path,
+def test_predict_on_npy_files_and_unlabelled_folders(tiny_run: tuple[Path, Path], tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    run, root = trained
+    run, root = tiny_run
     unlabelled = tmp_path / "unlabelled" / "images"
     shutil.copytree(root / "images", unlabelled)
     out = tmp_path / "pred"
@@ -80,14 +67,16 @@ def test_predict_on_npy_files_and_unlabelled_folders(trained: tuple[Path, Path],
     assert main(["predict", str(run), str(tmp_path / "three.npy"), "--out", str(tmp_path / "p3")]) == 2
     assert "three.npy" in capsys.readouterr().err
     assert main(["predict", str(run), str(tmp_path / "missing"), "--out", str(tmp_path / "p4")]) == 2
-    # 16-bit frames for a model trained on 8-bit data: refused unless their values stay within 0-255
+    # 16-bit frames for a model trained on 8-bit data: converted to the 8-bit range, and said so
     wide = tmp_path / "wide"
     wide.mkdir()
     np.save(wide / "hot.npy", np.full((64, 64, 5), 40000, np.uint16))
     capsys.readouterr()
+    assert main(["predict", str(run), str(wide / "hot.npy"), "--out", str(tmp_path / "p6"), "--panels", "0"]) == 0
+    assert "modality 'rgb': uint16 frames converted to the uint8 range the model was trained on" in capsys.readouterr().out
+    # float frames (normalised, 0-1) are refused with one line, not run into 0 detections
+    np.save(wide / "hot.npy", np.full((64, 64, 5), 0.5, np.float32))
     assert main(["predict", str(run), str(wide / "hot.npy"), "--out", str(tmp_path / "p6")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "hot: modality 'rgb' has values up to 40000, above the scale 255" in err
-    np.save(wide / "hot.npy", np.full((64, 64, 5), 200, np.uint16))
-    assert main(["predict", str(run), str(wide / "hot.npy"), "--out", str(tmp_path / "p6"), "--panels", "0"]) == 0
+    assert err.count("\n") == 1 and "hot.npy: float32 array; expected uint8 or uint16" in err
     assert main(["predict", str(run), str(unlabelled), "--out", str(tmp_path / "p5"), "--score-thresh", "2"]) == 2

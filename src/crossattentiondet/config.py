@@ -195,10 +195,13 @@ class SyntheticConfig(StrictModel):
 
 class DataConfig(StrictModel):
     root: str | None = None  # None: the built-in synthetic data set
-    layout: Literal["auto", "original", "folders", "llvip", "flir", "m3fd"] = "auto"
+    layout: Literal["auto", "original", "folders", "llvip", "flir", "m3fd", "kaist"] = "auto"
     images_dir: str | None = None  # original layout: defaults to <root>/images
     labels: str | None = None  # label folder or COCO json; defaults per layout
     label_format: Literal["auto", "yolo", "coco", "voc"] = "auto"
+    # paired annotations (one box file per modality, KAIST-paired): the modality (name or folder) whose boxes
+    # are the labels; None: the thermal one
+    label_modality: str | None = None
     names: list[str] | None = None  # class names (YOLO ids index this list)
     modalities: list[ModalityConfig] = Field(default_factory=default_modalities)
     keep_empty: bool = True  # frames without boxes are kept as negatives
@@ -483,6 +486,9 @@ class TrainConfig(StrictModel):
     checkpoint_every: int | None = Field(default=None, ge=1)  # keep epoch_N.pt every N epochs
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False
+    # DDP: every registered model uses all its trainable parameters in each step (tests/test_models.py
+    # checks it), so the slower unused-parameter search is off; a custom module with unused branches sets it
+    find_unused_parameters: bool = False
     log_every: int = Field(default=20, ge=1)  # iterations between progress/TensorBoard updates
     iteration_csv: bool = False  # also write metrics_per_batch.csv every log_every iterations
     max_iters_per_epoch: int | None = Field(default=None, ge=1)  # cap (quick runs, smoke tests)
@@ -498,12 +504,17 @@ class EvalConfig(StrictModel):
     speed_iters: int = Field(default=5, ge=1)
     # resamples of the test images for the 95% CI of mAP (bootstrap_<split>.json); 0: no bootstrap
     bootstrap: int = Field(default=1000, ge=0)
+    # log-average miss rate MR^-2 (engine/missrate.py); auto: the kaist layout and one-class person data sets
+    miss_rate: bool | Literal["auto"] = "auto"
+    # detections counted in plots/confusion_matrix_<split>.png (matched at IoU 0.5)
+    confusion_score_thresh: float = Field(default=0.25, ge=0.0, le=1.0)
 
 
 class MlflowConfig(StrictModel):
     enabled: bool = False
     tracking_uri: str | None = None  # None: local SQLite store <output.root>/mlflow.db, artifacts in mlruns/
     experiment: str = "crossattentiondet"
+    tags: dict[str, str | int | float | bool] = {}  # set on the MLflow run; "mlflow.runName" names it
 
 
 class OutputConfig(StrictModel):

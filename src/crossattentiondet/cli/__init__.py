@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "crossattentiondet.cli.train_cmd",
     "crossattentiondet.cli.study_cmd",
     "crossattentiondet.cli.bench_cmd",
+    "crossattentiondet.cli.export_cmd",
+    "crossattentiondet.cli.explain_cmd",
 ]
 
 

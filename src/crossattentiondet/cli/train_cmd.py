@@ -210,7 +210,7 @@ def _bool(text: str, flag: str) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from crossattentiondet.cli import looks_like_override
-    from crossattentiondet.engine.trainer import train
+    from crossattentiondet.engine.trainer import resume_config, train
 
     notes: list[str] = []
     resume = args.resume
@@ -221,8 +221,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = seed_flag_overrides(args, notes, list(args.overrides or [])) + list(args.overrides or [])
     for note in notes:
         print(f"note: {note}")
-    if resume is not False and resume is not True and not args.config and not overrides:
-        config = None  # `cadet train --resume runs/x`: the run's own config
+    if resume is not False and resume is not True and not args.config:
+        # `cadet train --resume runs/x [key=value ...]`: the run's own config, changed by the overrides
+        config = resume_config(resume, overrides) if overrides else None
     else:
         config = load_config(args.config, overrides)
     result = train(config, resume=resume)

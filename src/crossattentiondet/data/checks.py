@@ -43,6 +43,16 @@ class CheckReport:
     split: SplitPlan | None = None  # with check_split: the split training would use
 
     @property
+    def dtypes(self) -> dict[str, str]:
+        """Per modality, the dtype of its files ("uint8" or "uint16"; the wider one where they mix)."""
+        found: dict[str, str] = {}
+        for info in self.infos.values():
+            for name, dtype in info.dtypes.items():
+                if found.get(name) != "uint16":
+                    found[name] = dtype
+        return found
+
+    @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 

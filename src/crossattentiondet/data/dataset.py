@@ -338,6 +338,13 @@ class PreparedData:
         return list(self.resolved_config.data.modalities)
 
     @property
+    def input_spec(self) -> list[Any]:
+        """Each modality's channels, file dtype and scale (stored in checkpoints; see data/inputs.py)."""
+        from crossattentiondet.data.inputs import input_spec
+
+        return input_spec(self.modalities, self.report.dtypes)
+
+    @property
     def modality_order(self) -> list[str]:
         return [m.name for m in self.resolved_config.data.modalities]
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossattentiondet.config import ExperimentConfig, build_config
+from crossattentiondet.config import ExperimentConfig, build_config, config_to_dict
 from crossattentiondet.engine.checkpoint import load_checkpoint
 from crossattentiondet.engine.runtime import DistInfo, autocast, resolve_device
 from crossattentiondet.errors import DataError
@@ -60,11 +60,17 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
                                      "train_file": None, "val_file": None, "test_file": None}
     elif split == "all":
         raise DataError("--split all needs --data (a run's own data is evaluated per split: train, val or test)")
+    if data_root is not None:
+        # each data set maps its raw values to 0-1 by its own scale (from its dtype or metadata), not by the
+        # training data's: 16-bit frames read with an 8-bit model's scale 255 would be far out of range
+        tree["data"]["modalities"] = [{**m, "scale": None} for m in tree["data"]["modalities"]]
     out = Path(out_dir) if out_dir is not None else run_dir / f"eval_{name}"
     # before the model, the data and the evaluation: a read-only or full disk is reported now, not at the end
     ensure_writable_dir(out, "--out" if out_dir is not None else "output folder")
-    model, config, _ = load_model(ckpt_path, overrides, tree)
-    data = prepare_data(config, split_run_dir, log=echo)
+    data = prepare_data(build_config(tree, overrides), split_run_dir, log=echo)
+    if data_root is not None:
+        _compare_inputs(checkpoint, data, echo)
+    model, config, _ = load_model(ckpt_path, None, config_to_dict(data.resolved_config))
     used_split = "test" if split == "all" else split
     if not data.splits.get(used_split):
         raise DataError(f"the {used_split} split of {data.root} is empty")
@@ -78,6 +84,31 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
     return summary
 
 
+def _compare_inputs(checkpoint: dict[str, Any], data: Any, echo: Callable[[str], None]) -> None:
+    """Say where another data set's modalities differ from the training data's (dtype, scale), and refuse
+    one that lacks a modality the model takes or has it with another channel count."""
+    from crossattentiondet.data.inputs import spec_from_checkpoint
+
+    trained = spec_from_checkpoint(checkpoint)
+    here = {m.name: m for m in data.input_spec}
+    for m in trained:
+        other = here.get(m.name)
+        if other is None:
+            raise DataError(f"{data.root}: the model takes modality '{m.name}', which this data set does not have "
+                            f"(it has {sorted(here)})")
+        if other.channels != m.channels:
+            raise DataError(f"{data.root}: modality '{m.name}' has {other.channels} channel(s) here, the model "
+                            f"was trained on {m.channels}")
+        if (other.dtype, other.scale) != (m.dtype, m.scale):
+            echo(f"data: note: modality '{m.name}' is {other.dtype} with scale {other.scale:g} here, the model was "
+                 f"trained on {m.dtype} data with scale {m.scale:g}; each data set's values are divided by its own "
+                 "scale, so both are on 0-1 (set data.modalities.N.scale=... if this data set's scale is another)")
+    names = list(checkpoint.get("class_names") or [])
+    if names and names != list(data.class_names):
+        echo(f"data: warning: class names {list(data.class_names)} here, the model was trained on {names}; "
+             "class ids are matched by position")
+
+
 class _EchoLog:
     """The bit of RunLog that evaluate_split uses, printing instead of writing a run log."""
 
@@ -85,7 +116,7 @@ class _EchoLog:
         self.info = lambda message, echo_=True: echo(message)
 
 
-def _input_frames(inputs: list[Path], config: ExperimentConfig) -> list[tuple[str, dict[str, np.ndarray]]]:
+def input_frames(inputs: list[Path], config: ExperimentConfig) -> list[tuple[str, dict[str, np.ndarray]]]:
     """(name, per-modality arrays) for .npy files, folders of .npy files, or data roots of any layout."""
     from crossattentiondet.data import open_source
     from crossattentiondet.data.imageio import read_npy_file
@@ -99,14 +130,7 @@ def _input_frames(inputs: list[Path], config: ExperimentConfig) -> list[tuple[st
             raise DataError(f"{item}: give .npy frames, a folder of them, or a data root (any layout)")
         if npy_files:
             for path in npy_files:
-                array = read_npy_file(path)
-                arrays = {}
-                for m in config.data.modalities:
-                    if not isinstance(m.source, list) or max(m.source) >= array.shape[2]:
-                        raise DataError(f"{path}: {array.shape[2]} channels, modality '{m.name}' needs channels "
-                                        f"{m.source}")
-                    arrays[m.name] = np.ascontiguousarray(array[:, :, m.source])
-                frames.append((path.stem, arrays))
+                frames.append((path.stem, split_channels(read_npy_file(path), config, str(path))))
             continue
         source = open_source(item, config.data.model_copy(update={"root": str(item), "labels": None,
                                                                    "images_dir": None, "layout": "auto"}),
@@ -118,24 +142,50 @@ def _input_frames(inputs: list[Path], config: ExperimentConfig) -> list[tuple[st
             frames.append((stem, source.read(stem).modalities))
     if not frames:
         raise DataError(f"no frames found in {', '.join(map(str, inputs))}")
-    _check_input_scale(frames, config)
     return frames
 
 
-def _check_input_scale(frames: list[tuple[str, dict[str, np.ndarray]]], config: ExperimentConfig) -> None:
-    """Refuse frames brighter than the model's training data (e.g. 16-bit thermal for a model trained on
-    8-bit frames): divided by the training scale they would be far out of range and the detections
-    meaningless. Frames in a wider dtype whose values stay within the scale are fine."""
+def split_channels(array: np.ndarray, config: ExperimentConfig, what: str) -> dict[str, np.ndarray]:
+    """An (H, W, C) array with all channels, as in the original layout's .npy files, split into modalities
+    by ``data.modalities[*].source`` (e.g. rgb 0-2, thermal 3, event 4)."""
+    if not isinstance(array, np.ndarray) or array.ndim != 3:
+        shape = getattr(array, "shape", None)
+        raise DataError(f"{what}: expected an (H, W, C) array with all channels, got shape {shape}")
+    arrays = {}
     for m in config.data.modalities:
-        if m.scale is None:
-            continue
-        over = [(stem, int(arrays[m.name].max())) for stem, arrays in frames
-                if arrays[m.name].size and arrays[m.name].max() > m.scale]
-        if over:
-            stem, peak = over[0]
-            raise DataError(f"{stem}: modality '{m.name}' has values up to {peak}, above the scale {m.scale:g} of the "
-                            f"data this checkpoint was trained on ({len(over)} of {len(frames)} frames); convert the "
-                            "frames to the training data's range (e.g. 8-bit) first")
+        if not isinstance(m.source, list) or max(m.source) >= array.shape[2]:
+            raise DataError(f"{what}: {array.shape[2]} channels, modality '{m.name}' needs channels {m.source}")
+        arrays[m.name] = np.ascontiguousarray(array[:, :, m.source])
+    return arrays
+
+
+def detect_frames(model: nn.Module, config: ExperimentConfig, checkpoint: dict[str, Any],
+                  frames: list[tuple[str, dict[str, Any]]], *, score_thresh: float = 0.3, batch_size: int = 4,
+                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run ``model`` on frames (name, modality -> raw array), after checking and converting them to what it
+    was trained on (data/inputs.py). Returns per frame: name, the model-input image (C, H, W), and
+    boxes (xyxy) / scores / labels (model labels: 1 = first class) as CPU tensors, scores >= ``score_thresh``."""
+    from crossattentiondet.data import Sample, to_model_input
+    from crossattentiondet.data.inputs import conform_frame, spec_from_checkpoint
+
+    spec = spec_from_checkpoint(checkpoint)
+    notes: set[str] = set()
+    frames = [(name, conform_frame(name, arrays, spec, notes)) for name, arrays in frames]
+    for note in sorted(notes):
+        echo(f"note: {note}")
+    order = [m.name for m in spec]
+    device = next(model.parameters()).device
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start:start + batch_size]
+        images = [to_model_input(Sample(name, arrays), order, 0)[0] for name, arrays in chunk]
+        with torch.inference_mode(), autocast(device, config.train.precision):
+            outputs = model([img.to(device) for img in images])
+        for (name, _), image, output in zip(chunk, images, outputs):
+            keep = output["scores"].float() >= score_thresh
+            results.append({"frame": name, "image": image, "boxes": output["boxes"][keep].float().cpu(),
+                            "scores": output["scores"][keep].float().cpu(), "labels": output["labels"][keep].cpu()})
+    return results
 
 
 def predict(path: str | Path, inputs: list[str | Path], out_dir: str | Path, *, score_thresh: float = 0.3,
@@ -143,41 +193,33 @@ def predict(path: str | Path, inputs: list[str | Path], out_dir: str | Path, *, 
             echo: Callable[[str], None] = print) -> Path:
     """Detect objects in new frames; writes detections.json (and one panels.png with up to ``panels`` frames)."""
     from crossattentiondet import viz
-    from crossattentiondet.data import Sample, to_model_input
 
     out = ensure_writable_dir(out_dir, "--out")  # before the model is loaded and the frames are read
     model, config, checkpoint = load_model(path, overrides)
-    frames = _input_frames([Path(p) for p in inputs], config)
-    order = [m.name for m in config.data.modalities]
+    frames = input_frames([Path(p) for p in inputs], config)
     names = list(checkpoint.get("class_names") or [])
-    device = next(model.parameters()).device
-    records: list[dict[str, Any]] = []
-    shown_images, shown_predictions = [], []
-    for start in range(0, len(frames), batch_size):
-        chunk = frames[start:start + batch_size]
-        images = [to_model_input(Sample(stem, arrays), order, 0)[0] for stem, arrays in chunk]
-        with torch.inference_mode(), autocast(device, config.train.precision):
-            outputs = model([img.to(device) for img in images])
-        for (stem, _), image, output in zip(chunk, images, outputs):
-            keep = output["scores"].float() >= score_thresh
-            boxes = output["boxes"][keep].float().cpu()
-            scores = output["scores"][keep].float().cpu()
-            labels = output["labels"][keep].cpu()
-            records.append({
-                "frame": stem, "height": int(image.shape[1]), "width": int(image.shape[2]),
-                "detections": [{"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 5),
-                                "label": int(lab), "class_name": names[int(lab) - 1] if 0 < int(lab) <= len(names) else str(int(lab))}
-                               for b, s, lab in zip(boxes, scores, labels)],
-            })
-            if len(shown_images) < panels:
-                shown_images.append(image)
-                shown_predictions.append({"boxes": boxes, "scores": scores, "labels": labels})
+    results = detect_frames(model, config, checkpoint, frames, score_thresh=score_thresh, batch_size=batch_size,
+                            echo=echo)
+    records = [{
+        "frame": r["frame"], "height": int(r["image"].shape[1]), "width": int(r["image"].shape[2]),
+        "detections": [{"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(sc), 5),
+                        "label": int(lab), "class_name": class_name(names, int(lab))}
+                       for b, sc, lab in zip(r["boxes"], r["scores"], r["labels"])],
+    } for r in results]
     result = out / "detections.json"
     atomic_write_json(result, {"checkpoint": str(checkpoint["path"]), "score_thresh": score_thresh,
-                               "class_names": names, "frames": records})
-    if panels > 0 and shown_images:
-        viz.save_panels(shown_images, None, shown_predictions, model.layout, names, out / "panels.png",
-                        max_panels=panels, score_thresh=score_thresh)
+                               "class_names": names, "label_ids": "label 1 = class_names[0]", "frames": records})
+    shown = results[:panels]
+    if panels > 0 and shown:
+        viz.save_panels([r["image"] for r in shown], None,
+                        [{"boxes": r["boxes"], "scores": r["scores"], "labels": r["labels"]} for r in shown],
+                        model.layout, names, out / "panels.png", max_panels=panels, score_thresh=score_thresh)
     total = sum(len(r["detections"]) for r in records)
     echo(f"{len(records)} frames, {total} detections (score >= {score_thresh}) -> {result}")
     return result
+
+
+def class_name(names: list[str], label: int) -> str:
+    """The name of model label ``label`` (1 = the first class)."""
+    return names[label - 1] if 0 < label <= len(names) else str(label)
+

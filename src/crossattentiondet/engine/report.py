@@ -1,15 +1,17 @@
 """The end of a run: test evaluation with the best weights, and everything written about it.
 
-Writes into the run directory: predictions_<split>.json (COCO results), metrics.json, final_results.json
-(the original project's format and key names), bootstrap_<split>.json (the bootstrap of mAP over test
-images, see :mod:`crossattentiondet.engine.bootstrap`), model_info.json, plots/ (PR curve, sample panels,
-training curves, missing-modality robustness).
+Writes into the run directory: predictions_<split>.json (COCO results) and gt_<split>.json (its COCO
+ground truth), metrics.json, final_results.json (the original project's format and key names),
+bootstrap_<split>.json (the bootstrap of mAP over test images, see :mod:`crossattentiondet.engine.bootstrap`),
+model_info.json, plots/ (PR curve, confusion matrix, precision / recall / F1 vs score threshold, sample
+panels, training curves, missing-modality robustness).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +25,36 @@ ORIGINAL_RESULT_KEYS = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "m
 
 
 def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentConfig, device: torch.device,
-                   info: DistInfo, out_dir: Path, log: Any, *, tag: str = "") -> dict[str, Any]:
+                   info: DistInfo, out_dir: Path, log: Any, *, tag: str = "",
+                   on_result: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``split`` and write predictions, metrics, plots into ``out_dir``.
 
     Returns a JSON-ready summary: metrics, per-class AP, robustness rows, speed, and (``eval.bootstrap``
     > 0, rank 0) "bootstrap": the 95% CI of mAP over test images, whose samples go to
-    bootstrap_<split><tag>.json. Only rank 0 writes.
+    bootstrap_<split><tag>.json. Only rank 0 writes. ``on_result`` is given the split's EvalResult (the
+    run log's PR curves). Progress lines go to ``log.info`` (throttled, see ThrottledProgress).
     """
     from crossattentiondet.engine.evaluate import evaluate, robustness_table, save_predictions
+    from crossattentiondet.engine.runlog import ThrottledProgress
 
     ev = config.eval
     batch = ev.batch_size or config.train.batch_size
     loader = data.loader(split, False, batch, distributed=info.enabled)
+    images = len(data.splits[split])
+    progress = ThrottledProgress(split, images, log.info)
     result = evaluate(model, loader, device, precision=config.train.precision, class_names=data.class_names,
-                      gather=info.enabled)
-    summary: dict[str, Any] = {"split": split, "images": len(data.splits[split]), "metrics": result.metrics,
+                      gather=info.enabled, on_batch=progress.batches(len(loader)))
+    if on_result is not None:
+        on_result(result)
+    summary: dict[str, Any] = {"split": split, "images": images, "metrics": result.metrics,
                                "per_class": result.per_class}
+    from crossattentiondet.engine.missrate import split_miss_rates  # MR2_* (eval.miss_rate), lower is better
+
+    summary["metrics"] = {**result.metrics, **split_miss_rates(result, data, ev.miss_rate, log)}
     if ev.robustness and len(model.layout.used_modalities()) > 1:
+        passes = ThrottledProgress(f"{split} robustness", images, log.info, pass_batches=len(loader))
         rows = robustness_table(model, loader, device, precision=config.train.precision,
-                                class_names=data.class_names, gather=info.enabled)
+                                class_names=data.class_names, gather=info.enabled, on_progress=passes)
         summary["robustness"] = rows
     if not info.is_main:
         return summary
@@ -49,9 +62,19 @@ def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentCo
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     save_predictions(out_dir / f"predictions_{split}{tag}.json", result.predictions)
+    from crossattentiondet.engine.evaluate import save_ground_truth
+
+    # the ground truth next to the predictions: pycocotools (or any COCO tool) reproduces the metrics
+    save_ground_truth(out_dir / f"gt_{split}{tag}.json", result.ground_truth(),
+                      f"ground truth of the {split} split of {data.root}")
     from crossattentiondet import viz
 
     viz.plot_pr_curve(result, plots / f"pr_curve_{split}{tag}.png", data.class_names)
+    confusion = result.confusion_matrix(ev.confusion_score_thresh)
+    summary["confusion_matrix"] = confusion.to_json()
+    viz.plot_confusion_matrix(confusion, plots / f"confusion_matrix_{split}{tag}.png")
+    viz.plot_confidence_curves(result.confidence_curves(), plots / f"confidence_curves_{split}{tag}.png",
+                               data.class_names)
     if "robustness" in summary:
         viz.plot_robustness(summary["robustness"], plots / f"robustness_{split}{tag}.png")
     if ev.panels > 0:
@@ -91,16 +114,21 @@ def _bootstrap(result: Any, n_boot: int, path: Path, split: str, log: Any) -> di
 
 
 def _panels(model: nn.Module, data: Any, split: str, config: ExperimentConfig, device: torch.device, path: Path) -> None:
-    """One PNG with a fixed number of samples (eval.panels), ground truth and predictions."""
+    """One PNG with eval.panels samples spread over the split's sequences (each titled with its file name),
+    ground truth and predictions."""
     from crossattentiondet import viz
     from crossattentiondet.engine.runtime import autocast
 
     dataset = data.dataset(split, False)
-    count = min(config.eval.panels, len(dataset))
-    images, targets, predictions = [], [], []
+    # frames spread over the split's sequences (the first N would be N near-identical frames of one clip);
+    # a regex grouping the user defined names the sequences, otherwise the automatic one does
+    group_by = config.data.split.group_by if config.data.split.group_by.startswith("regex:") else "auto"
+    chosen = viz.choose_panel_frames(dataset.stems, config.eval.panels, group_by)
+    position = {stem: i for i, stem in enumerate(dataset.stems)}
+    images, targets, predictions, titles = [], [], [], []
     model.eval()
-    for index in range(count):
-        item = dataset[index]
+    for stem in chosen:
+        item = dataset[position[stem]]
         if item is None:
             continue
         image, target, _ = item
@@ -109,12 +137,16 @@ def _panels(model: nn.Module, data: Any, split: str, config: ExperimentConfig, d
         images.append(image)
         targets.append(target)
         predictions.append({k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()})
-    viz.save_panels(images, targets, predictions, model.layout, data.class_names, path, max_panels=count)
+        first = data.source.modality_file(stem, data.source.modalities[0].name)
+        titles.append(first.name if first is not None else stem)
+    if images:
+        viz.save_panels(images, targets, predictions, model.layout, data.class_names, path,
+                        max_panels=len(images), titles=titles)
 
 
 def speed_and_size(model: nn.Module, data: Any, split: str, config: ExperimentConfig, device: torch.device) -> dict[str, Any]:
     """Parameters, size, FLOPs at the evaluation resolution, latency and throughput, peak memory."""
-    from crossattentiondet.engine.modelinfo import count_flops, count_params, model_size_mb
+    from crossattentiondet.engine.modelinfo import FLOPS_CONVENTION, count_flops, count_params, model_size_mb
     from crossattentiondet.engine.speed import measure_inference
 
     dataset = data.dataset(split, False)
@@ -133,6 +165,7 @@ def speed_and_size(model: nn.Module, data: Any, split: str, config: ExperimentCo
         "size_mb": round(model_size_mb(model), 3),
         "eval_size": list(size),
         **{k: round(v, 3) for k, v in flops.items()},
+        "flops_convention": FLOPS_CONVENTION,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in speed.items()},
         "device": str(device),
         "precision": config.train.precision,
@@ -149,7 +182,8 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
         log.info(f"warning: the {split} split is empty; no final evaluation")
         summary: dict[str, Any] = {"split": split, "metrics": {}}
     else:
-        summary = evaluate_split(model, data, split, config, device, info, run_dir, log)
+        summary = evaluate_split(model, data, split, config, device, info, run_dir, log,
+                                 on_result=lambda result: log.pr_curves(result, split, state.global_step))
     if not info.is_main:
         return summary["metrics"], best_val
     from crossattentiondet import viz
@@ -163,7 +197,8 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
     model_block = {"backbone": config.model.backbone, "streams": config.model.streams,
                    "fusion": model.backbone.encoder.plan.describe() if hasattr(model.backbone.encoder, "plan") else "single stream",
                    "num_classes": data.num_classes, "class_names": data.class_names,
-                   **{k: speed[k] for k in ("params", "size_mb", "backbone_gflops", "detector_gflops", "eval_size") if k in speed}}
+                   **{k: speed[k] for k in ("params", "size_mb", "backbone_gflops", "detector_gflops", "backbone_gmacs",
+                                            "detector_gmacs", "flops_convention", "eval_size") if k in speed}}
     training = {"epochs": state.epoch, "best_epoch": state.best_epoch,
                 "best_val_mAP": None if not math.isfinite(state.best_metric) else state.best_metric,
                 "skipped_updates": state.skipped_total, "stopped_early": state.stopped_early,
@@ -187,6 +222,7 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
                                                  "per_class": summary.get("per_class", {}),
                                                  "best_epoch": state.best_epoch})
     atomic_write_json(run_dir / "model_info.json", {**model_block, **speed})
-    log.final(metrics, [run_dir / "final_results.json"])
+    log.final(metrics, [run_dir / name for name in ("final_results.json", "config.yaml", "metrics.csv", "plots")],
+              config=config_to_dict(config), val=best_val, step=state.global_step, split=split)
     log.info(f"done: {run_dir} (final_results.json, metrics.csv, checkpoints/best.pt, plots/)")
     return metrics, best_val

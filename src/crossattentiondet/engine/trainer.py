@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import time
 import warnings
@@ -33,8 +34,16 @@ from crossattentiondet.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossattentiondet.engine.ema import ModelEMA
 from crossattentiondet.engine.freeze import apply_freeze
 from crossattentiondet.engine.optim import build_optimizer, build_schedule, effective_batch, scaled_lr
+from crossattentiondet.engine.recipe_checks import recipe_warnings
 from crossattentiondet.engine.runlock import RunLock, lock_run_dir, takeover_message
-from crossattentiondet.engine.runlog import RunLog
+from crossattentiondet.engine.runlog import (
+    RunLog,
+    ThrottledProgress,
+    TrainingClock,
+    format_duration,
+    iteration_line,
+    stdout_is_terminal,
+)
 from crossattentiondet.engine.runtime import (
     DistInfo,
     all_reduce_mean,
@@ -56,7 +65,7 @@ from crossattentiondet.io import remove_stale_temp_files
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 # keys that may change when a run is resumed (they do not change what is being trained)
-RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.log_every", "train.iteration_csv", "data.loader.",
+RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.find_unused_parameters", "train.log_every", "train.iteration_csv", "data.loader.",
                      "output.", "eval.")
 
 
@@ -105,7 +114,8 @@ def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False,
     elif config is None:
         raise ConfigError("no config to train (give --config or overrides, or --resume a run)")
     else:
-        user_config, run_dir = config, config.run_dir
+        user_config = _free_default_name(config, echo)
+        run_dir = user_config.run_dir
     info = init_distributed(user_config.train.device)
     device = resolve_device(user_config.train.device, info)
     check_precision(user_config.train.precision, device)
@@ -189,6 +199,8 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
              f"{len(data.splits.get('test', []))} frames; effective batch {effective_batch(cfg_train, info.world_size)} "
              f"(batch {cfg_train.batch_size} x accumulation {cfg_train.accumulation} x {info.world_size} process(es)), "
              f"lr {lr:g}")
+    for note in recipe_warnings(config, len(data.splits["train"])):  # e.g. a large backbone from scratch
+        log.info(f"warning: {note}")
 
     # ---- resume
     if checkpoint is not None:
@@ -210,16 +222,19 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
     eval_model = ema.module if ema is not None else model
     frozen: list[int] | None = None
     ddp_model: nn.Module = model
+    clock = TrainingClock(cfg_train.epochs, micro_batches)  # the ETAs of the iteration and epoch lines
     for epoch in range(state.epoch, cfg_train.epochs):
         stages = apply_freeze(model, cfg_train.freeze, epoch)
         if stages != frozen:
             if stages or frozen:
                 log.info(f"epoch {epoch + 1}: encoder stages frozen: {stages or 'none'}")
             frozen = stages
-            ddp_model = _wrap_ddp(model, info, device)  # DDP must see the current requires_grad flags
+            ddp_model = _wrap_ddp(model, info, device, cfg_train.find_unused_parameters)  # DDP must see the current requires_grad flags
         epoch_start = time.perf_counter()
+        clock.start_epoch()
         stats = _train_one_epoch(ddp_model, model, ema, optimizer, schedule, scaler, train_loader, micro_batches,
-                                 epoch, state, config, info, device, log)
+                                 epoch, state, config, info, device, log, clock)
+        clock.end_training()
         state.epoch = epoch + 1
         state.train_time_s += time.perf_counter() - epoch_start
         row: dict[str, Any] = {"epoch": epoch + 1, **stats, "frozen_stages": stages,
@@ -227,9 +242,12 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
 
         # ---- validation, best checkpoint, early stopping
         validate_now = has_val and (state.epoch % cfg_train.val_every == 0 or state.epoch == cfg_train.epochs)
+        val_note = ""
         if validate_now:
             start = time.perf_counter()
-            val = _evaluate(eval_model, val_loader, device, config, data.class_names, info)
+            progress = ThrottledProgress(f"epoch {state.epoch} val", len(data.splits["val"]), log.info)
+            val = _evaluate(eval_model, val_loader, device, config, data.class_names, info,
+                            on_batch=progress.batches(len(val_loader)))
             row.update({f"val_{k}": v for k, v in val.metrics.items()})
             row["val_time_s"] = time.perf_counter() - start
             val_map = _finite(val.metrics["mAP"])
@@ -240,8 +258,8 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
                                                                                {"val": val.metrics}))
             else:
                 state.stale_validations += 1
-            log.info(f"epoch {state.epoch}/{cfg_train.epochs}: val mAP {val.metrics['mAP']:.4f} "
-                     f"mAP50 {val.metrics['mAP_50']:.4f} (best {state.best_metric:.4f} at epoch {state.best_epoch})")
+            val_note = (f"; val mAP {val.metrics['mAP']:.4f} mAP50 {val.metrics['mAP_50']:.4f} "
+                        f"(best {state.best_metric:.4f} at epoch {state.best_epoch})")
         elif not has_val and info.is_main:
             state.best_epoch = state.epoch
             save_checkpoint(ckpt_dir / "best.pt", _inference_checkpoint(eval_model, config, data, state, {}))
@@ -265,6 +283,10 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
             if every and state.epoch % every == 0:
                 save_checkpoint(ckpt_dir / f"epoch_{state.epoch:03d}.pt", _inference_checkpoint(eval_model, config, data, state, {}))
             log.epoch(row, state.global_step)
+        clock.end_epoch()
+        eta = "stopped early" if state.stopped_early else f"run ETA {format_duration(clock.run_left(state.epoch))}"
+        log.info(f"epoch {state.epoch}/{cfg_train.epochs}: loss {row['loss']:.4f}, {row['train_img_per_s']:.1f} img/s, "
+                 f"{format_duration(time.perf_counter() - epoch_start)}{val_note}; {eta}")
         barrier(info)
         if state.stopped_early:
             break
@@ -286,7 +308,7 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
 def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
                      schedule: Any, scaler: torch.amp.GradScaler, loader: Any, micro_batches: int, epoch: int,
                      state: TrainState, config: ExperimentConfig, info: DistInfo, device: torch.device,
-                     log: RunLog) -> dict[str, Any]:
+                     log: RunLog, clock: TrainingClock | None = None) -> dict[str, Any]:
     cfg = config.train
     ddp_model.train()
     if hasattr(loader, "set_epoch"):  # DetectionLoader: the epoch's permutation, augmentation and worker seeds
@@ -307,6 +329,8 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
     group_stems: list[str] = []
     start = time.perf_counter()
     progress = _Progress(log.enabled, f"epoch {epoch + 1}/{cfg.epochs}", micro_batches)
+    # batch jobs (no bar, or stdout not a terminal) get a text line every log_every updates; training.log always
+    echo_lines = progress.progress is None or not stdout_is_terminal()
     optimizer.zero_grad(set_to_none=True)
     with progress:
         for i, (images, targets, metas) in enumerate(loader):
@@ -383,6 +407,9 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
             if state.global_step % cfg.log_every == 0 and counted:
                 log.batch({"epoch": epoch + 1, "iteration": i + 1, "global_step": state.global_step, **current,
                            "lr": lr, "img_per_s": images_seen / max(elapsed, 1e-9)})
+                epoch_left, run_left = clock.left(epoch, i + 1) if clock is not None else (math.nan, math.nan)
+                log.info(iteration_line(epoch + 1, cfg.epochs, i + 1, micro_batches, current["loss"], lr,
+                                        images_seen / max(elapsed, 1e-9), epoch_left, run_left), echo=echo_lines)
     if counted == 0:
         raise TrainingError(f"epoch {epoch + 1}: every batch had a non-finite loss; nothing was learned")
     elapsed = time.perf_counter() - start
@@ -429,17 +456,19 @@ class BatchNormGuard:
 
 
 def _evaluate(model: nn.Module, loader: Any, device: torch.device, config: ExperimentConfig, class_names: list[str],
-              info: DistInfo) -> Any:
+              info: DistInfo, on_batch: Callable[[int], None] | None = None) -> Any:
     from crossattentiondet.engine.evaluate import evaluate
 
-    return evaluate(model, loader, device, precision=config.train.precision, class_names=class_names, gather=info.enabled)
+    return evaluate(model, loader, device, precision=config.train.precision, class_names=class_names,
+                    gather=info.enabled, on_batch=on_batch)
 
 
-def _wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+def _wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, find_unused_parameters: bool = False
+              ) -> nn.Module:
     if not info.enabled:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def _all_ranks_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
@@ -451,6 +480,28 @@ def _all_ranks_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def _free_default_name(config: ExperimentConfig, echo: Callable[[str], None]) -> ExperimentConfig:
+    """With the default name, a taken run directory means a new run: run, run2, run3, ... (as ultralytics'
+    exp, exp2). An explicit name keeps its directory (and a second start there is an error, not a new run).
+    Under torchrun every rank would pick on its own, so the default name is kept there."""
+    default = ExperimentConfig.model_fields["name"].default
+    if config.name != default or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return config
+    root = Path(config.output.root)
+    for number in range(1, 10_000):
+        name = default if number == 1 else f"{default}{number}"
+        folder = root / name
+        try:
+            folder.mkdir(parents=True)  # exclusive: two runs started at once never pick the same name
+        except FileExistsError:
+            if not folder.is_dir() or any(folder.iterdir()):
+                continue
+        if number > 1:
+            echo(f"{root / default} is taken: this run is {folder} (name={name})")
+        return config.model_copy(update={"name": name})
+    raise ConfigError(f"{root}: no free run name {default}, {default}2, ...; give name=...")
 
 
 def _lock_run(run_dir: Path, info: DistInfo, device: torch.device) -> RunLock:
@@ -473,8 +524,10 @@ def _finite(value: float) -> float:
 
 def _inference_checkpoint(eval_model: nn.Module, config: ExperimentConfig, data: Any, state: TrainState,
                           metrics: dict[str, Any]) -> dict[str, Any]:
+    from crossattentiondet.data.inputs import spec_to_dict
+
     return {"model": eval_model.state_dict(), "config": config_to_dict(config), "class_names": data.class_names,
-            "num_classes": data.num_classes, "epoch": state.epoch, "metrics": metrics}
+            "num_classes": data.num_classes, "inputs": spec_to_dict(data.input_spec), "epoch": state.epoch, "metrics": metrics}
 
 
 def _resume_path(resume: bool | str | Path, config: ExperimentConfig | None) -> Path:
@@ -491,19 +544,37 @@ def _resume_path(resume: bool | str | Path, config: ExperimentConfig | None) -> 
     return path
 
 
+def resume_config(run: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config of the run at ``run`` (run directory or last.pt) with ``overrides`` applied on top of it:
+    ``cadet train --resume runs/x train.epochs=30`` changes the run's own config, not the defaults."""
+    checkpoint = load_checkpoint(_resume_path(run, None))
+    if "training" not in checkpoint:
+        raise TrainingError(f"{checkpoint['path']} has no training state (only last.pt can be resumed)")
+    return build_config(checkpoint["training"]["user_config"], overrides, source=str(checkpoint["path"]))
+
+
 def _config_for_resume(checkpoint: dict[str, Any], requested: ExperimentConfig | None) -> ExperimentConfig:
     """The run's own config; a requested config may only differ in what does not change the training
-    (more epochs, another device, logging, evaluation and output settings)."""
+    (more epochs, another device, logging, evaluation and output settings). The run's resolved config.yaml
+    (explicit scales, class names, layout) is the same run, so ``--config runs/x/config.yaml --resume`` works."""
     saved = build_config(checkpoint["training"]["user_config"])
     if requested is None:
         return saved
     changed = diff_configs(saved, requested)
-    blocked = {k: v for k, v in changed.items() if k != "name" and not k.startswith(RESUMABLE_CHANGES)}
+    resolved = _flatten(checkpoint["config"])
+    requested_flat = _flatten(config_to_dict(requested))
+    blocked = {k: v for k, v in changed.items() if k != "name" and not k.startswith(RESUMABLE_CHANGES)
+               and not _same_as_resolved(k, requested_flat, resolved)}
     if blocked:
         details = ", ".join(f"{k}={v!r}" for k, v in list(blocked.items())[:5])
         raise ConfigError(f"cannot resume {checkpoint['path']} with a different configuration ({details}); "
                           "resume with the run's own settings or start a new run name")
     return requested.model_copy(update={"name": saved.name})
+
+
+def _same_as_resolved(key: str, requested: dict[str, Any], resolved: dict[str, Any]) -> bool:
+    """A requested value that is what the run resolved it to (e.g. scale 255 where the run said auto)."""
+    return key in resolved and requested.get(key) == resolved[key]
 
 
 def _finished_result(run_dir: Path, checkpoint: dict[str, Any]) -> RunResult:
