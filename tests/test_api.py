@@ -187,3 +187,48 @@ def test_default_run_name_picks_a_free_one(tmp_path: Path, monkeypatch: pytest.M
     assert _free_default_name(named, said.append).name == "mine"  # an explicit name keeps its directory
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: every rank must agree, so no renaming
     assert _free_default_name(config, said.append).name == "run"
+
+
+def test_values_that_fit_the_training_range_are_taken_as_they_are() -> None:
+    eight = [ModalityInput("rgb", 3, "uint8", 255.0)]
+    # 8-bit values in a 16-bit container (one (H, W, C) array of 8-bit RGB beside 16-bit thermal)
+    out = conform_frame("a", {"rgb": np.full((2, 2, 3), 200, np.uint16)}, eight)
+    assert out["rgb"].dtype == np.uint8 and int(out["rgb"].max()) == 200
+    # uint8 frames for a model trained on mixed 8/16-bit files with scale 255
+    mixed = [ModalityInput("thermal", 1, "uint16", 255.0)]
+    out = conform_frame("a", {"thermal": np.full((2, 2), 7, np.uint8)}, mixed)
+    assert out["thermal"].dtype == np.uint16 and int(out["thermal"].max()) == 7
+
+
+def test_all_channel_arrays_for_a_model_trained_on_folders() -> None:
+    from crossattentiondet.config import load_config
+    from crossattentiondet.engine.inference import split_channels
+
+    config = load_config(None, ["data.modalities=[{name: rgb, channels: 3, source: rgb, mean: [0.5,0.5,0.5], "
+                                "std: [0.2,0.2,0.2]}, {name: thermal, channels: 1, source: thermal, mean: [0.5], "
+                                "std: [0.2]}]", "model.streams=[[rgb],[thermal]]"])
+    array = np.arange(2 * 2 * 4, dtype=np.uint8).reshape(2, 2, 4)
+    arrays = split_channels(array, config, "frame0")
+    np.testing.assert_array_equal(arrays["rgb"], array[:, :, :3])
+    np.testing.assert_array_equal(arrays["thermal"], array[:, :, 3:])
+    with pytest.raises(DataError, match="5 channels; the model takes 4 in this order: rgb 3, thermal 1"):
+        split_channels(np.zeros((2, 2, 5), np.uint8), config, "frame0")
+
+
+def test_resume_with_the_default_name_continues_the_latest_run(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from crossattentiondet.config import load_config
+    from crossattentiondet.engine.trainer import _latest_default_run
+
+    config = load_config(None, [f"output.root={tmp_path}"])
+    assert _latest_default_run(config) == tmp_path / "run"  # nothing there: the default (and its error later)
+    for name, age in (("run", 100), ("run2", 10), ("run3", 50), ("runaway", 0)):
+        path = tmp_path / name / "checkpoints" / "last.pt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+        os.utime(path, (time.time() - age, time.time() - age))
+    assert _latest_default_run(config) == tmp_path / "run2"  # the newest of run, run2, ...; not "runaway"
+    named = load_config(None, [f"output.root={tmp_path}", "name=run3"])
+    assert _latest_default_run(named) == tmp_path / "run3"

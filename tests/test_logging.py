@@ -270,11 +270,14 @@ def test_mlflow_run_continues_on_resume_and_survives_a_failing_store(tmp_path: P
     assert mlflow.active_run() is None  # ended, so the next run in this process can start its own
 
 
-@pytest.mark.slow
 def test_study_runs_share_one_mlflow_store(tmp_path: Path) -> None:
+    """The runner's part: every run config of a study points at the study's store, experiment and tags; a
+    run logged with such a config lands there under its name. (That RunLog writes what a run does is
+    tested above; a study that trains two runs with MLflow costs a minute here.)"""
     mlflow = pytest.importorskip("mlflow")
-    from crossattentiondet.studies.plan import StudySettings
-    from crossattentiondet.studies.runner import run_study
+    from crossattentiondet.config import load_config
+    from crossattentiondet.studies.plan import StudySettings, build_plan
+    from crossattentiondet.studies.runner import prepare_study_tracking, write_run_config
     from crossattentiondet.studies.spec import load_spec
 
     spec_path = tmp_path / "tracked.yaml"
@@ -285,29 +288,25 @@ def test_study_runs_share_one_mlflow_store(tmp_path: Path) -> None:
         "phases": [{"name": "stages", "axes": {"model.fusion.stages": [[4]]}}],
     }))
     study = tmp_path / "study"
-    settings = StudySettings(quick=True, output=study, overrides=["output.mlflow.enabled=true",
-                                                                  "train.max_iters_per_epoch=2", "eval.bootstrap=0"])
-    summary = run_study(load_spec(str(spec_path)), settings, write_report=False, echo=lambda m: None)
-    assert [o.status for o in summary.outcomes] == ["finished", "finished"]
-
-    assert (study / "mlflow.db").is_file() and not list(study.glob("*/mlflow.db"))  # one store, the study's
-    mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["tracked-quick"], output_format="list")
-    by_name = {r.info.run_name: r for r in runs}
-    configurations = sorted(p.parent.parent.name for p in study.glob("*/seed1/final_results.json"))
-    assert len(configurations) == 2 and sorted(by_name) == [f"{c}/seed1" for c in configurations]
-    for configuration in configurations:
-        run = by_name[f"{configuration}/seed1"]
-        assert run.info.status == "FINISHED"
-        assert {k: run.data.tags[k] for k in ("study", "configuration", "seed")} == {
-            "study": "tracked-quick", "configuration": configuration, "seed": "1"}
-        final = json.loads((study / configuration / "seed1" / "final_results.json").read_text())
-        assert run.data.metrics["test_mAP"] == pytest.approx(final["results"]["mAP"], nan_ok=True)
-        assert run.data.params["seed"] == "1"
-        artifacts = mlflow.artifacts.list_artifacts(run_id=run.info.run_id)
-        assert {"config.yaml", "final_results.json", "metrics.csv", "plots"} <= {a.path for a in artifacts}
-        plots = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="plots")}
-        assert {"plots/pr_curve_test.png", "plots/training_curves.png"} <= plots
-        logged = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
-        assert logged == (study / configuration / "seed1" / "config.yaml").read_text()
-    assert (study / "mlruns").is_dir()
+    plan = build_plan(load_spec(str(spec_path)), StudySettings(quick=True, output=study,
+                                                               overrides=["output.mlflow.enabled=true"]))
+    prepare_study_tracking(plan)  # the store and experiment exist before parallel runs start
+    uri = f"sqlite:///{study.resolve() / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    assert client.get_experiment_by_name("tracked-quick") is not None
+    runs = list(plan.runs())
+    assert len(runs) == 2
+    for run in runs:
+        config = load_config(write_run_config(plan, run))
+        tracked = config.output.mlflow
+        assert (tracked.enabled, tracked.tracking_uri, tracked.experiment) == (True, uri, "tracked-quick")
+        assert {k: tracked.tags[k] for k in ("study", "configuration", "seed", "mlflow.runName")} == {
+            "study": "tracked-quick", "configuration": run.config_id, "seed": "1",
+            "mlflow.runName": f"{run.config_id}/seed1"}
+        log = RunLog(config.run_dir, True, tensorboard=False, mlflow=tracked, echo=lambda m: None)
+        log.final({"mAP": 0.5}, [])
+        log.close()
+    logged = client.search_runs([client.get_experiment_by_name("tracked-quick").experiment_id])
+    assert sorted(r.info.run_name for r in logged) == sorted(f"{r.config_id}/seed1" for r in runs)
+    assert all(r.info.status == "FINISHED" and r.data.tags["study"] == "tracked-quick" for r in logged)
+    assert not list(study.glob("*/*/mlflow.db"))  # one store, the study's

@@ -156,3 +156,18 @@ def test_eval_miss_rate_config_values() -> None:
     assert load_config(None, ["eval.miss_rate=false"]).eval.miss_rate is False
     with pytest.raises(ConfigError, match="eval.miss_rate"):
         load_config(None, ["eval.miss_rate=sometimes"])
+
+
+def test_detections_below_the_subset_height_range_are_dropped_before_matching() -> None:
+    # one 60 px person found at 0.9; ten 30 px boxes on background score higher. For "reasonable" (>= 55 px)
+    # the toolbox drops detections shorter than 55 / 1.25 = 44 px first, so the person is found at FPPI 0
+    person = [[10, 10, 40, 70]]
+    small = [([100 + i, 100, 115 + i, 130], 0.95) for i in range(10)]
+    frame = image("a", person, [([10, 10, 40, 70], 0.9), *small])
+    reasonable = Subset("reasonable", 55.0, (0, 1))
+    assert log_average_miss_rate([frame], reasonable) == pytest.approx(1e-10)
+    # without a height range (min_height 0) the ten boxes are false positives before the person: FPPI 10
+    assert log_average_miss_rate([frame], Subset("any", 0.0)) == pytest.approx(1.0)
+    # "all" is every person at least 20 px tall, as in the Caltech/KAIST protocol
+    assert dict((s.name, s.min_height) for s in KAIST_SUBSETS)["all"] == 20.0
+    assert dict((s.name, s.min_height) for s in GENERIC_SUBSETS)["all"] == 20.0

@@ -99,7 +99,8 @@ def test_stopped_study_continues_without_redoing_finished_runs(tmp_path: Path) -
     # plus a configuration whose data is broken: its run fails, is recorded, and the study goes on
     broken = {"name": "broken", "points": [{"id": "broken_split", "set": {"data.split.train_file": "/nonexistent/x.txt"}}]}
     spec = load_spec(str(write_spec(tmp_path, seeds=1, extra_phase=broken)))
-    settings = StudySettings(quick=True, output=tmp_path / "study", overrides=["train.epochs=2"])
+    settings = StudySettings(quick=True, output=tmp_path / "study",
+                             overrides=["train.epochs=2", "train.max_iters_per_epoch=2", "eval.bootstrap=0"])
     first = run_study(spec, settings, max_runs=1, write_report=False, echo=lambda m: None)
     assert [o.status for o in first.outcomes] == ["finished"] and first.counts == {"finished": 1, "pending": 3}
     done = tmp_path / "study" / "baseline" / "seed0"
@@ -135,7 +136,8 @@ def test_stopped_study_continues_without_redoing_finished_runs(tmp_path: Path) -
 def test_submitit_local_executor_runs_and_requeues_a_preempted_run(tmp_path: Path) -> None:
     pytest.importorskip("submitit")
     spec = load_spec(str(write_spec(tmp_path, seeds=1)))
-    settings = StudySettings(quick=True, output=tmp_path / "study", overrides=["train.epochs=3"])
+    settings = StudySettings(quick=True, output=tmp_path / "study",
+                             overrides=["train.epochs=3", "train.max_iters_per_epoch=2", "eval.bootstrap=0"])
     plan = build_plan(spec, settings, record_selection=True)
     runs = [r for r in plan.runs() if r.config_id in ("baseline", "exp_001_s3")]
     executor = make_executor(tmp_path / "submitit", "local", {"timeout_min": 10})
@@ -172,3 +174,4 @@ def test_run_job_checkpoint_requeues_the_same_run(tmp_path: Path) -> None:
     assert isinstance(delayed, helpers.DelayedSubmission) and isinstance(delayed.function, RunJob)
     assert delayed.function.run_dir == job.run_dir and delayed.args == ()
     assert json.loads((Path(job.run_dir) / "queued.json").read_text())["requeued"] is True
+

@@ -135,7 +135,7 @@ def _override_list(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):  # {"train.epochs": 3, "model.fusion.stages": [2, 3]}
-        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+        return [f"{key}={json.dumps(value, default=str)}" for key, value in overrides.items()]
     if isinstance(overrides, str):
         raise ConfigError(f"overrides={overrides!r}: give a list of key=value strings or a dict")
     return list(overrides)

@@ -499,6 +499,9 @@ class EvalConfig(StrictModel):
     split: Literal["train", "val", "test"] = "test"
     batch_size: int | None = Field(default=None, ge=1)  # None: train.batch_size
     panels: int = Field(default=16, ge=0)
+    # the run's plots/ (curves, confusion matrix, panels); off: numbers and JSON only (quick smoke studies,
+    # where drawing is most of a run's time)
+    plots: bool = True
     robustness: bool = True  # evaluate again with each modality zeroed
     speed: bool = True  # params, size, FLOPs, latency, throughput
     speed_iters: int = Field(default=5, ge=1)

@@ -7,6 +7,8 @@ dtype and scale (``checkpoint["inputs"]``), and :func:`conform_frame` checks new
 
 - uint8 <-> uint16 where the training scale was the dtype's full range (255 / 65535): converted to the
   training representation (x * 257 or round(x / 257)), so the model sees the values it was trained on;
+  uint16 frames whose values all fit an 8-bit model's scale (8-bit data in a 16-bit container, as in one
+  (H, W, C) array of 8-bit RGB and 16-bit thermal) are taken as they are;
 - the same dtype with values above the training scale, or another dtype where the training scale was a
   custom one (a 12-bit sensor's 4095, say): refused, since no conversion is right without knowing the sensor;
 - float, bool or signed frames: refused. A float frame is usually already normalised (0-1) or
@@ -119,6 +121,7 @@ def _as_array(value: Any, what: str) -> np.ndarray:
 
 def _conform_values(array: np.ndarray, m: ModalityInput, what: str, notes: set[str] | None) -> np.ndarray:
     dtype = str(array.dtype)
+    peak = int(array.max()) if array.size and dtype in FULL_RANGE else 0
     if dtype not in FULL_RANGE:
         kind = "float" if array.dtype.kind == "f" else dtype
         raise DataError(f"{what} is {dtype}; the model takes the raw {m.dtype} pixel values it was trained on "
@@ -126,16 +129,17 @@ def _conform_values(array: np.ndarray, m: ModalityInput, what: str, notes: set[s
                         + (", not normalised or 0-1 floats" if kind == "float" else "")
                         + f": give the frame as read from the file, e.g. array.astype(np.{m.dtype}) if the "
                         "values are raw")
-    if dtype == m.dtype:
-        peak = int(array.max()) if array.size else 0
+    # the same dtype; or uint8 frames for a model whose scale fits 8 bits (mixed-depth training files); or a
+    # 16-bit container holding 8-bit values (an (H, W, C) array of 8-bit RGB beside 16-bit thermal): as they are
+    if dtype == m.dtype or (dtype == "uint8" and m.scale <= 255) or (m.dtype == "uint8" and peak <= m.scale):
         if peak > m.scale:
             raise DataError(f"{what} has values up to {peak}, above the scale {m.scale:g} of the data the model "
                             f"was trained on; convert the frame to that range first")
-        return np.ascontiguousarray(array)
+        return np.ascontiguousarray(array.astype(np.dtype(m.dtype), copy=False))
     if m.scale != FULL_RANGE[m.dtype]:
         raise DataError(f"{what} is {dtype}, but the model was trained on {m.dtype} data with scale {m.scale:g} "
                         f"(not the full {m.dtype} range): give {m.dtype} frames on that scale")
-    if m.dtype == "uint8":  # 16-bit frames for a model trained on 8-bit data: the 8-bit values it knows
+    if m.dtype == "uint8":  # 16-bit values for a model trained on 8-bit data: the 8-bit values it knows
         converted = np.rint(array.astype(np.float32) / 257.0).astype(np.uint8)
     else:
         converted = array.astype(np.uint16) * np.uint16(257)

@@ -63,7 +63,9 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
     if data_root is not None:
         # each data set maps its raw values to 0-1 by its own scale (from its dtype or metadata), not by the
         # training data's: 16-bit frames read with an 8-bit model's scale 255 would be far out of range
-        tree["data"]["modalities"] = [{**m, "scale": None} for m in tree["data"]["modalities"]]
+        # a deliberate training scale (a 12-bit sensor's 4095) is the sensor's, kept for its other recordings
+        tree["data"]["modalities"] = [{**m, "scale": None if m.get("scale") in (None, 255.0, 65535.0) else m["scale"]}
+                                      for m in tree["data"]["modalities"]]
     out = Path(out_dir) if out_dir is not None else run_dir / f"eval_{name}"
     # before the model, the data and the evaluation: a read-only or full disk is reported now, not at the end
     ensure_writable_dir(out, "--out" if out_dir is not None else "output folder")
@@ -152,8 +154,20 @@ def split_channels(array: np.ndarray, config: ExperimentConfig, what: str) -> di
         shape = getattr(array, "shape", None)
         raise DataError(f"{what}: expected an (H, W, C) array with all channels, got shape {shape}")
     arrays = {}
+    if not all(isinstance(m.source, list) for m in config.data.modalities):
+        # modalities read from their own files (folders layouts): the channels follow in modality order
+        total = sum(m.channels for m in config.data.modalities)
+        if array.shape[2] != total:
+            layout = ", ".join(f"{m.name} {m.channels}" for m in config.data.modalities)
+            raise DataError(f"{what}: {array.shape[2]} channels; the model takes {total} in this order: {layout} "
+                            "(or give a dict modality -> array)")
+        start = 0
+        for m in config.data.modalities:
+            arrays[m.name] = np.ascontiguousarray(array[:, :, start:start + m.channels])
+            start += m.channels
+        return arrays
     for m in config.data.modalities:
-        if not isinstance(m.source, list) or max(m.source) >= array.shape[2]:
+        if max(m.source) >= array.shape[2]:
             raise DataError(f"{what}: {array.shape[2]} channels, modality '{m.name}' needs channels {m.source}")
         arrays[m.name] = np.ascontiguousarray(array[:, :, m.source])
     return arrays

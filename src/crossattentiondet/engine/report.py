@@ -69,15 +69,16 @@ def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentCo
                       f"ground truth of the {split} split of {data.root}")
     from crossattentiondet import viz
 
-    viz.plot_pr_curve(result, plots / f"pr_curve_{split}{tag}.png", data.class_names)
     confusion = result.confusion_matrix(ev.confusion_score_thresh)
     summary["confusion_matrix"] = confusion.to_json()
-    viz.plot_confusion_matrix(confusion, plots / f"confusion_matrix_{split}{tag}.png")
-    viz.plot_confidence_curves(result.confidence_curves(), plots / f"confidence_curves_{split}{tag}.png",
-                               data.class_names)
-    if "robustness" in summary:
+    if ev.plots:
+        viz.plot_pr_curve(result, plots / f"pr_curve_{split}{tag}.png", data.class_names)
+        viz.plot_confusion_matrix(confusion, plots / f"confusion_matrix_{split}{tag}.png")
+        viz.plot_confidence_curves(result.confidence_curves(), plots / f"confidence_curves_{split}{tag}.png",
+                                   data.class_names)
+    if "robustness" in summary and ev.plots:
         viz.plot_robustness(summary["robustness"], plots / f"robustness_{split}{tag}.png")
-    if ev.panels > 0:
+    if ev.panels > 0 and ev.plots:
         _panels(model, data, split, config, device, plots / f"panels_{split}{tag}.png")
     if ev.speed:
         summary["speed"] = speed_and_size(model, data, split, config, device)
@@ -188,7 +189,7 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
         return summary["metrics"], best_val
     from crossattentiondet import viz
 
-    if (run_dir / "metrics.csv").is_file():
+    if (run_dir / "metrics.csv").is_file() and config.eval.plots:
         viz.plot_training_curves(run_dir / "metrics.csv", run_dir / "plots" / "training_curves.png")
     from crossattentiondet.engine.modelinfo import count_params
 

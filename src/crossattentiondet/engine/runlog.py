@@ -292,7 +292,13 @@ class RunLog:
 
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         if mlflow is not None and mlflow.enabled:
-            self._mlflow = _start_mlflow(mlflow, self.run_dir)
+            try:
+                self._mlflow = _start_mlflow(mlflow, self.run_dir)
+            except BaseException:  # not installed, store unreachable: nothing opened here stays open
+                if self._tb is not None:
+                    self._tb.close()
+                self._log_file.close()
+                raise
 
     # ---------------------------------------------------------------------------------------- text log
     def info(self, message: str, echo: bool = True) -> None:

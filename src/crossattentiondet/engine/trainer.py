@@ -482,6 +482,18 @@ def _all_ranks_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def _latest_default_run(config: ExperimentConfig) -> Path:
+    """The run directory ``--resume`` continues: the config's; with the default name the most recently
+    written of run, run2, run3, ... (a second start with the default name went to run2)."""
+    default = ExperimentConfig.model_fields["name"].default
+    if config.name != default:
+        return config.run_dir
+    root = Path(config.output.root)
+    candidates = [p.parent.parent for p in root.glob(f"{default}*/checkpoints/last.pt")
+                  if re.fullmatch(rf"{re.escape(default)}\d*", p.parent.parent.name)]
+    return max(candidates, key=lambda d: (d / "checkpoints" / "last.pt").stat().st_mtime, default=config.run_dir)
+
+
 def _free_default_name(config: ExperimentConfig, echo: Callable[[str], None]) -> ExperimentConfig:
     """With the default name, a taken run directory means a new run: run, run2, run3, ... (as ultralytics'
     exp, exp2). An explicit name keeps its directory (and a second start there is an error, not a new run).
@@ -494,7 +506,7 @@ def _free_default_name(config: ExperimentConfig, echo: Callable[[str], None]) ->
         name = default if number == 1 else f"{default}{number}"
         folder = root / name
         try:
-            folder.mkdir(parents=True)  # exclusive: two runs started at once never pick the same name
+            folder.mkdir(parents=True)  # exclusive: of two runs started at once, one takes the new folder
         except FileExistsError:
             if not folder.is_dir() or any(folder.iterdir()):
                 continue
@@ -534,7 +546,7 @@ def _resume_path(resume: bool | str | Path, config: ExperimentConfig | None) -> 
     if resume is True:
         if config is None:
             raise ConfigError("--resume without a path needs the run's config (--config/overrides) to find it")
-        path = config.run_dir / "checkpoints" / "last.pt"
+        path = _latest_default_run(config) / "checkpoints" / "last.pt"
         if not path.is_file():
             raise FileNotFoundError(f"nothing to resume: {path} does not exist (start the run without --resume)")
         return path

@@ -146,7 +146,7 @@ QUICK_OVERRIDES: list[str] = [
     "model.detector.roi.batch_size_per_image=32", "model.detector.rpn.pre_nms_top_n_train=200",
     "model.detector.rpn.post_nms_top_n_train=100", "model.detector.rpn.pre_nms_top_n_test=100",
     "model.detector.rpn.post_nms_top_n_test=50", "train.epochs=1", "train.batch_size=4", "train.precision=fp32",
-    "train.grad_clip=10.0", "eval.speed_iters=1", "eval.robustness=false", "eval.panels=0",
+    "train.grad_clip=10.0", "eval.speed_iters=1", "eval.robustness=false", "eval.panels=0", "eval.plots=false",
     "output.tensorboard=false",
 ]
 QUICK_FORCED = frozenset({"data.root", "model.pretrained", "train.precision"})
