@@ -149,12 +149,11 @@ def train(config: ExperimentConfig | str | Path | Mapping[str, Any] | None = Non
     ``overrides``: ``["train.epochs=3", ...]`` or ``{"train.epochs": 3}``. ``resume=True`` continues the run the
     config names; ``resume="runs/x"`` continues that run, with ``overrides`` changing its own config.
     """
-    from crossattentiondet.engine.trainer import resume_config
     from crossattentiondet.engine.trainer import train as train_run
 
     extra = _override_list(overrides)
     if isinstance(resume, (str, Path)) and config is None:
-        return train_run(resume_config(resume, extra) if extra else None, resume=resume)
+        return train_run(None, resume=resume, overrides=extra)
     if isinstance(config, ExperimentConfig):
         built = build_config(config.model_dump(mode="json"), extra) if extra else config
     elif isinstance(config, Mapping):

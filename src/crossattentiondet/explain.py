@@ -28,17 +28,15 @@ import numpy as np
 import torch
 
 from crossattentiondet.config import ConfigError, ExperimentConfig
+from crossattentiondet.engine.checkpoint import run_dir_of
 from crossattentiondet.errors import DataError
 from crossattentiondet.io import atomic_write, atomic_write_json, ensure_writable_dir
+from crossattentiondet.viz import DPI, GT_COLOR, PRED_COLOR, _save
+from crossattentiondet.viz import PANEL_CELL_INCHES as CELL_INCHES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-GT_COLOR = "#00d000"
-PRED_COLOR = "#ff2020"
-CELL_INCHES = 2.5
-DPI = 100
 
 # what each recorded quantity means, written into explain.json so the numbers can be read without this file
 LEGEND = {
@@ -80,7 +78,7 @@ def explain_frame(run: str | Path, frame: str | Path, out: str | Path | None = N
                           "fusion modules to explain")
     stem, arrays, boxes, where = read_frame(frame, config, data_root, echo)
     arrays = conform_frame(stem, arrays, spec_from_checkpoint(checkpoint))  # as predict: dtype, scale
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    run_dir = run_dir_of(ckpt_path)
     out_dir = ensure_writable_dir(Path(out) if out is not None else run_dir / "explain" / stem,
                                   "--out" if out is not None else "output folder")
 
@@ -141,8 +139,7 @@ def read_frame(frame: str | Path, config: ExperimentConfig, data_root: str | Pat
     ``frame`` is a ``.npy`` file (read like ``cadet predict`` reads it), or a frame stem looked up in
     ``data_root`` or else the run's own data set (``data.root``; the synthetic set when that is unset).
     """
-    from crossattentiondet.data import open_source
-    from crossattentiondet.engine.inference import input_frames
+    from crossattentiondet.engine.inference import input_frames, open_frames_source
 
     path = Path(frame)
     if path.suffix.lower() == ".npy" or path.is_file():
@@ -150,20 +147,14 @@ def read_frame(frame: str | Path, config: ExperimentConfig, data_root: str | Pat
         return stem, arrays, np.zeros((0, 4), np.float32), str(path)
     stem = str(frame)
     if data_root is not None:
-        root = Path(data_root)
-        data = config.data.model_copy(update={"root": str(root), "labels": None, "images_dir": None,
-                                              "layout": "auto"})
+        root, own = Path(data_root), False
     elif config.data.root is not None:
-        root, data = Path(config.data.root), config.data
+        root, own = Path(config.data.root), True
     else:
         from crossattentiondet.data.dataset import ensure_synthetic
 
-        root = ensure_synthetic(config, echo)
-        data = config.data.model_copy(update={"root": str(root)})
-    source = open_source(root, data, require_labels=False)
-    missing = [m.name for m in config.data.modalities if m.name not in source.modality_names]
-    if missing:
-        raise DataError(f"{root}: the model needs modalities {missing} that this data set does not have")
+        root, own = ensure_synthetic(config, echo), True
+    source = open_frames_source(root, config, own_data=own)
     if stem not in source.stems:
         close = difflib.get_close_matches(stem, source.stems, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f", e.g. '{source.stems[0]}'" if source.stems else ""
@@ -332,6 +323,3 @@ def _stage_figure(name: str, number: int, fusion: torch.nn.Module, rec: Mapping[
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-    return path

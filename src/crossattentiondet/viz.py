@@ -104,7 +104,7 @@ def save_panels(images: Sequence[Any], targets: Sequence[Mapping[str, Any]] | No
             keep = scores >= score_thresh
             pred_boxes = _to_numpy(pred["boxes"]).reshape(-1, 4)[keep]
             labels = _to_numpy(pred["labels"]).reshape(-1)[keep]
-            pred_text = [f"{_class_name(class_names, int(c))} {s:.2f}" for c, s in zip(labels, scores[keep])]
+            pred_text = [f"{class_name(class_names, int(c))} {s:.2f}" for c, s in zip(labels, scores[keep])]
         for c, (name, channels) in enumerate(zip(names, layout.modality_channels)):
             ax = axes[r, c]
             shown = modality_image(images[r], channels)
@@ -150,7 +150,8 @@ def choose_panel_frames(stems: Sequence[str], count: int, group_by: str = "auto"
     return sorted(chosen, key=natural_key)
 
 
-def _class_name(class_names: Sequence[str], label: int) -> str:
+def class_name(class_names: Sequence[str], label: int) -> str:
+    """The name of model label ``label`` (1 = the first class; 0 is the background)."""
     return class_names[label - 1] if 1 <= label <= len(class_names) else str(label)
 
 

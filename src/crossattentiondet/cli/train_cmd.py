@@ -210,7 +210,7 @@ def _bool(text: str, flag: str) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from crossattentiondet.cli import looks_like_override
-    from crossattentiondet.engine.trainer import resume_config, train
+    from crossattentiondet.engine.trainer import train
 
     notes: list[str] = []
     resume = args.resume
@@ -223,10 +223,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if resume is not False and resume is not True and not args.config:
         # `cadet train --resume runs/x [key=value ...]`: the run's own config, changed by the overrides
-        config = resume_config(resume, overrides) if overrides else None
+        result = train(None, resume=resume, overrides=overrides)
     else:
-        config = load_config(args.config, overrides)
-    result = train(config, resume=resume)
+        result = train(load_config(args.config, overrides), resume=resume)
     if result.finished:
         print(f"run finished: {result.run_dir}")
         if result.test_metrics:

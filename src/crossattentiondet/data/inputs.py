@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from crossattentiondet.data.checks import DTYPE_SCALE as FULL_RANGE  # dtype -> the raw value of 1.0
 from crossattentiondet.errors import DataError
-
-FULL_RANGE = {"uint8": 255.0, "uint16": 65535.0}
 
 
 @dataclass(frozen=True)

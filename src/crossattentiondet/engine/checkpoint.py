@@ -55,6 +55,12 @@ def _free_space(path: str | Path) -> str:
     return f" ({free / 2**20:.0f} MiB free there)"
 
 
+def run_dir_of(checkpoint_path: str | Path) -> Path:
+    """The run directory of a checkpoint: <run>/checkpoints/x.pt -> <run>; a loose x.pt -> its folder."""
+    path = Path(checkpoint_path)
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from crossattentiondet.config import ConfigError
+from crossattentiondet.engine.checkpoint import run_dir_of
 from crossattentiondet.errors import TrainingError
 from crossattentiondet.io import atomic_write, atomic_write_json, ensure_writable_file, read_json
 
@@ -130,7 +131,7 @@ def export_model(run_or_checkpoint: str | Path, format: str, *, out: str | Path 
 
     model, config, checkpoint = load_model(run_or_checkpoint, overrides)
     checkpoint_path = Path(checkpoint["path"])
-    run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else checkpoint_path.parent
+    run_dir = run_dir_of(checkpoint_path)
     target = ensure_writable_file(Path(out) if out is not None else run_dir / "export" / f"model{SUFFIX[format]}",
                                   "--out")  # before the trace, the long part
     sidecar = target.with_name(target.name + ".json")  # model.onnx.json: model.onnx and model.pt share a folder

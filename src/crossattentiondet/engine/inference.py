@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from crossattentiondet.config import ExperimentConfig, build_config, config_to_dict
-from crossattentiondet.engine.checkpoint import load_checkpoint
+from crossattentiondet.data.checks import DTYPE_SCALE
+from crossattentiondet.engine.checkpoint import load_checkpoint, run_dir_of
 from crossattentiondet.engine.runtime import DistInfo, autocast, resolve_device
 from crossattentiondet.errors import DataError
 from crossattentiondet.io import atomic_write_json, ensure_writable_dir
@@ -44,7 +45,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
 
     checkpoint = load_checkpoint(path)
     ckpt_path = Path(checkpoint["path"])
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    run_dir = run_dir_of(ckpt_path)
     tree = dict(checkpoint["config"])
     split_run_dir: Path | None = run_dir
     name = split
@@ -64,7 +65,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
         # each data set maps its raw values to 0-1 by its own scale (from its dtype or metadata), not by the
         # training data's: 16-bit frames read with an 8-bit model's scale 255 would be far out of range
         # a deliberate training scale (a 12-bit sensor's 4095) is the sensor's, kept for its other recordings
-        tree["data"]["modalities"] = [{**m, "scale": None if m.get("scale") in (None, 255.0, 65535.0) else m["scale"]}
+        tree["data"]["modalities"] = [{**m, "scale": None if m.get("scale") in (None, *DTYPE_SCALE.values()) else m["scale"]}
                                       for m in tree["data"]["modalities"]]
     out = Path(out_dir) if out_dir is not None else run_dir / f"eval_{name}"
     # before the model, the data and the evaluation: a read-only or full disk is reported now, not at the end
@@ -120,7 +121,6 @@ class _EchoLog:
 
 def input_frames(inputs: list[Path], config: ExperimentConfig) -> list[tuple[str, dict[str, np.ndarray]]]:
     """(name, per-modality arrays) for .npy files, folders of .npy files, or data roots of any layout."""
-    from crossattentiondet.data import open_source
     from crossattentiondet.data.imageio import read_npy_file
 
     frames: list[tuple[str, dict[str, np.ndarray]]] = []
@@ -134,17 +134,26 @@ def input_frames(inputs: list[Path], config: ExperimentConfig) -> list[tuple[str
             for path in npy_files:
                 frames.append((path.stem, split_channels(read_npy_file(path), config, str(path))))
             continue
-        source = open_source(item, config.data.model_copy(update={"root": str(item), "labels": None,
-                                                                   "images_dir": None, "layout": "auto"}),
-                             require_labels=False)
-        missing = [m.name for m in config.data.modalities if m.name not in source.modality_names]
-        if missing:
-            raise DataError(f"{item}: the model needs modalities {missing} that this data set does not have")
+        source = open_frames_source(item, config)
         for stem in source.stems:
             frames.append((stem, source.read(stem).modalities))
     if not frames:
         raise DataError(f"no frames found in {', '.join(map(str, inputs))}")
     return frames
+
+
+def open_frames_source(root: Path, config: ExperimentConfig, *, own_data: bool = False) -> Any:
+    """A data set of any layout (labels not needed) read with the model's modalities; DataError if it lacks
+    one. ``own_data``: ``root`` is the run's own data set, read with its own settings (layout, label paths)."""
+    from crossattentiondet.data import open_source
+
+    update = {"root": str(root)} if own_data else {"root": str(root), "labels": None, "images_dir": None,
+                                                    "layout": "auto"}
+    source = open_source(root, config.data.model_copy(update=update), require_labels=False)
+    missing = [m.name for m in config.data.modalities if m.name not in source.modality_names]
+    if missing:
+        raise DataError(f"{root}: the model needs modalities {missing} that this data set does not have")
+    return source
 
 
 def split_channels(array: np.ndarray, config: ExperimentConfig, what: str) -> dict[str, np.ndarray]:
@@ -217,7 +226,7 @@ def predict(path: str | Path, inputs: list[str | Path], out_dir: str | Path, *, 
     records = [{
         "frame": r["frame"], "height": int(r["image"].shape[1]), "width": int(r["image"].shape[2]),
         "detections": [{"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(sc), 5),
-                        "label": int(lab), "class_name": class_name(names, int(lab))}
+                        "label": int(lab), "class_name": viz.class_name(names, int(lab))}
                        for b, sc, lab in zip(r["boxes"], r["scores"], r["labels"])],
     } for r in results]
     result = out / "detections.json"
@@ -232,8 +241,4 @@ def predict(path: str | Path, inputs: list[str | Path], out_dir: str | Path, *, 
     echo(f"{len(records)} frames, {total} detections (score >= {score_thresh}) -> {result}")
     return result
 
-
-def class_name(names: list[str], label: int) -> str:
-    """The name of model label ``label`` (1 = the first class)."""
-    return names[label - 1] if 0 < label <= len(names) else str(label)
 

@@ -95,16 +95,18 @@ class RunResult:
 
 # ------------------------------------------------------------------------------------------ entry point
 def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False, stop_after_epoch: int | None = None,
-          echo: Callable[[str], None] = print) -> RunResult:
+          echo: Callable[[str], None] = print, overrides: list[str] | None = None) -> RunResult:
     """Train (or resume) the run described by ``config``; returns where it is and its final metrics.
 
     ``resume=True`` continues ``<run_dir>/checkpoints/last.pt``; a path names a run directory or checkpoint
-    (``config`` may then be None: the run's own config is used).
+    (``config`` may then be None: the run's own config is used, changed by ``overrides``).
     ``stop_after_epoch`` ends this session after that many completed epochs (as if interrupted), leaving a
     resumable run: used for time-boxed jobs and by the resume tests.
     """
     started = time.time()
     checkpoint = None
+    if config is None and overrides and resume not in (False, True):
+        config = resume_config(resume, overrides)  # `--resume runs/x train.epochs=30`
     if resume:
         checkpoint = load_checkpoint(_resume_path(resume, config))
         if "training" not in checkpoint:
