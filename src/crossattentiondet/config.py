@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -173,6 +181,10 @@ class AugmentConfig(StrictModel):
     thermal_modalities: list[str] = ["thermal"]
     rgb_modalities: list[str] = ["rgb"]
     modality_dropout: float = Field(default=0.0, ge=0, le=1)  # per sample: zero one random modality
+    # segmentation (camoXpert used them): vertical flip and a random multiple of 90 degrees; both move the
+    # mask with the image. Off by default: for detection a rotated street scene is no longer a street scene.
+    vflip: float = Field(default=0.0, ge=0, le=1)
+    rot90: float = Field(default=0.0, ge=0, le=1)
 
 
 class LoaderConfig(StrictModel):
@@ -193,9 +205,16 @@ class SyntheticConfig(StrictModel):
     cache_dir: str | None = None  # None: <output.root>/_synthetic/<hash>
 
 
+class CodConfig(StrictModel):
+    """COD10K protocol: train on the camouflaged (CAM) training images, test on the 2026 CAM test images."""
+
+    include_noncam: bool = False  # also train on COD10K's NonCAM images (never tested on)
+
+
 class DataConfig(StrictModel):
     root: str | None = None  # None: the built-in synthetic data set
-    layout: Literal["auto", "original", "folders", "llvip", "flir", "m3fd", "kaist"] = "auto"
+    layout: Literal["auto", "original", "folders", "llvip", "flir", "m3fd", "kaist", "cod10k", "sinet",
+                    "mfnet"] = "auto"
     images_dir: str | None = None  # original layout: defaults to <root>/images
     labels: str | None = None  # label folder or COCO json; defaults per layout
     label_format: Literal["auto", "yolo", "coco", "voc"] = "auto"
@@ -210,6 +229,9 @@ class DataConfig(StrictModel):
     augment: AugmentConfig = AugmentConfig()
     loader: LoaderConfig = LoaderConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
+    # segmentation: the mask folder of the folders layout (PNG class-id maps named like the frames)
+    masks: str = "masks"
+    cod: CodConfig = CodConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> DataConfig:
@@ -353,7 +375,46 @@ class DetectorConfig(StrictModel):
         return self
 
 
-Backbone = Literal["mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"]
+MIT_BACKBONES = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
+
+
+def _check_backbone(name: str) -> str:
+    if name in MIT_BACKBONES or (name.startswith("timm:") and len(name) > 5):
+        return name
+    raise ValueError(f"model.backbone must be one of {', '.join(MIT_BACKBONES)} or timm:<model name> "
+                     f"(e.g. timm:edgenext_base), got {name!r}")
+
+
+# this project's MiT variants, or any timm model through features_only ("timm:edgenext_base")
+Backbone = Annotated[str, AfterValidator(_check_backbone)]
+
+
+class SegLossConfig(StrictModel):
+    """Loss weights. Binary (COD): BCE + soft IoU + edge, plus deep supervision; semantic: CE (+ Dice)."""
+
+    bce: float = Field(default=1.0, ge=0)
+    iou: float = Field(default=1.0, ge=0)
+    edge: float = Field(default=1.0, ge=0)  # MSE of Sobel magnitudes of sigmoid(pred) and GT
+    deep_supervision: float = Field(default=0.4, ge=0)  # x mean BCE/CE of the deep heads, GT resized
+    ce: float = Field(default=1.0, ge=0)
+    dice: float = Field(default=0.0, ge=0)
+
+
+class SegmentationConfig(StrictModel):
+    """The segmentation head (``task: segment``) and its input size policy."""
+
+    decoder: Literal["unet", "mlp"] = "unet"
+    # extra 1x1 heads on the U-Net's 1/16, 1/8 and 1/4 outputs, trained on the resized GT
+    deep_supervision: bool = False
+    unet_channels: list[Annotated[int, Field(ge=1)]] | None = None  # per level, coarse to fine; None: encoder's
+    head_channels: int = Field(default=64, ge=1)  # U-Net's last level / final head width
+    mlp_dim: int = Field(default=256, ge=1)  # SegFormer/CMX MLP decoder width
+    # training and inference input: square = every frame resized to size x size (camoXpert's 384);
+    # keep_aspect = longer side to size, padded to a multiple of 32 (padding ignored by the loss).
+    # Metrics are always computed at the ground truth's own resolution.
+    resize: Literal["square", "keep_aspect"] = "square"
+    size: int = Field(default=384, ge=32)
+    loss: SegLossConfig = SegLossConfig()
 
 # (embed_dims, num_heads) per MiT variant: the one table models.mit.MIT_VARIANTS is built from, kept here so
 # that the config checks overrides against it without importing the models
@@ -374,6 +435,7 @@ class ModelConfig(StrictModel):
     grad_checkpointing: bool = False
     fusion: FusionConfig = FusionConfig()
     detector: DetectorConfig = DetectorConfig()
+    seg: SegmentationConfig = SegmentationConfig()
     num_classes: int | None = Field(default=None, ge=1)  # foreground classes; None: from the data
     zero_modalities: list[str] = []  # modalities replaced by zeros (after normalisation) in train and test
 
@@ -511,6 +573,9 @@ class EvalConfig(StrictModel):
     miss_rate: bool | Literal["auto"] = "auto"
     # detections counted in plots/confusion_matrix_<split>.png (matched at IoU 0.5)
     confusion_score_thresh: float = Field(default=0.25, ge=0.0, le=1.0)
+    # the validation metric that picks best.pt; None: the task's (detect: mAP; segment: Smeasure for binary,
+    # mIoU for semantic). Lower-is-better metrics (MAE) are minimised.
+    select: str | None = None
 
 
 class MlflowConfig(StrictModel):
@@ -527,6 +592,8 @@ class OutputConfig(StrictModel):
 
 
 class ExperimentConfig(StrictModel):
+    # what is learned: detect (Faster R-CNN boxes) or segment (per-pixel masks); see tasks/
+    task: Literal["detect", "segment"] = "detect"
     name: str = "run"  # the run directory is <output.root>/<name>
     seed: int = 0
     data: DataConfig = DataConfig()

@@ -20,13 +20,15 @@ from crossattentiondet.io import atomic_write_json, ensure_writable_dir
 
 def load_model(path: str | Path, overrides: list[str] | None = None,
                config_tree: dict[str, Any] | None = None) -> tuple[nn.Module, ExperimentConfig, dict[str, Any]]:
-    """Model (eval mode, on the configured device) from a checkpoint or run directory (best.pt first)."""
-    from crossattentiondet.models import build_detector
+    """Model (eval mode, on the configured device) from a checkpoint or run directory (best.pt first); the
+    checkpoint's task (detect or segment) builds it."""
+    from crossattentiondet.tasks import get_task, task_of
 
     checkpoint = load_checkpoint(path)
-    config = build_config(config_tree if config_tree is not None else checkpoint["config"], overrides)
+    tree = config_tree if config_tree is not None else checkpoint["config"]
+    config = build_config({"task": task_of(checkpoint["config"]), **tree}, overrides)
     device = resolve_device(config.train.device)
-    model = build_detector(config, checkpoint["num_classes"], load_pretrained=False)
+    model = get_task(config.task).build_model(config, checkpoint["num_classes"], load_pretrained=False)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), config, checkpoint
 
@@ -39,9 +41,8 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
     With ``data_root``, ``split="all"`` (the default there) evaluates every frame of that data set.
     Writes predictions, metrics.json and plots into ``out_dir`` (default: <run>/eval_<split>[_<data name>]).
     """
-    from crossattentiondet.data import prepare_data
     from crossattentiondet.data.layouts import check_root
-    from crossattentiondet.engine.report import evaluate_split
+    from crossattentiondet.tasks import get_task, task_of
 
     checkpoint = load_checkpoint(path)
     ckpt_path = Path(checkpoint["path"])
@@ -70,7 +71,8 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
     out = Path(out_dir) if out_dir is not None else run_dir / f"eval_{name}"
     # before the model, the data and the evaluation: a read-only or full disk is reported now, not at the end
     ensure_writable_dir(out, "--out" if out_dir is not None else "output folder")
-    data = prepare_data(build_config(tree, overrides), split_run_dir, log=echo)
+    task = get_task(task_of(tree))
+    data = task.prepare_data(build_config(tree, overrides), split_run_dir, log=echo)
     if data_root is not None:
         _compare_inputs(checkpoint, data, echo)
     model, config, _ = load_model(ckpt_path, None, config_to_dict(data.resolved_config))
@@ -79,7 +81,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
         raise DataError(f"the {used_split} split of {data.root} is empty")
     log = _EchoLog(echo)
     device = next(model.parameters()).device
-    summary = evaluate_split(model, data, used_split, config, device, DistInfo(), out, log, tag="")
+    summary = task.evaluate_split(model, data, used_split, config, device, DistInfo(), out, log)
     summary["checkpoint"] = str(ckpt_path)
     summary["data_root"] = str(data.root)
     atomic_write_json(out / "metrics.json", summary)
@@ -120,16 +122,24 @@ class _EchoLog:
 
 
 def input_frames(inputs: list[Path], config: ExperimentConfig) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """(name, per-modality arrays) for .npy files, folders of .npy files, or data roots of any layout."""
-    from crossattentiondet.data.imageio import read_npy_file
+    """(name, per-modality arrays) for .npy files, folders of .npy files, or data roots of any layout; for a
+    one-modality model also image files and folders of them."""
+    from crossattentiondet.data.imageio import IMAGE_EXTENSIONS, read_image_file, read_npy_file
 
     frames: list[tuple[str, dict[str, np.ndarray]]] = []
+    single = config.data.modalities[0].name if len(config.data.modalities) == 1 else None
     for item in inputs:
         if not item.exists():
             raise DataError(f"input not found: {item}")
+        images = [item] if item.is_file() else sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if single is not None and images and item.suffix.lower() != ".npy":
+            # a one-modality model (an RGB COD model, say) takes plain image files and folders of them
+            frames += [(p.stem, {single: read_image_file(p)}) for p in images]
+            continue
         npy_files = [item] if item.is_file() else sorted(item.glob("*.npy"))
         if item.is_file() and item.suffix.lower() != ".npy":
-            raise DataError(f"{item}: give .npy frames, a folder of them, or a data root (any layout)")
+            raise DataError(f"{item}: give .npy frames, a folder of them, or a data root (any layout)"
+                            + ("" if single else "; image files only for one-modality models"))
         if npy_files:
             for path in npy_files:
                 frames.append((path.stem, split_channels(read_npy_file(path), config, str(path))))
@@ -214,12 +224,23 @@ def detect_frames(model: nn.Module, config: ExperimentConfig, checkpoint: dict[s
 def predict(path: str | Path, inputs: list[str | Path], out_dir: str | Path, *, score_thresh: float = 0.3,
             panels: int = 16, batch_size: int = 4, overrides: list[str] | None = None,
             echo: Callable[[str], None] = print) -> Path:
-    """Detect objects in new frames; writes detections.json (and one panels.png with up to ``panels`` frames)."""
-    from crossattentiondet import viz
+    """Run a checkpoint on new frames; what is written is the task's (detection: detections.json;
+    segmentation: one 8-bit map per frame and predictions.json), with one panels.png of up to ``panels``."""
+    from crossattentiondet.tasks import get_task
 
     out = ensure_writable_dir(out_dir, "--out")  # before the model is loaded and the frames are read
     model, config, checkpoint = load_model(path, overrides)
     frames = input_frames([Path(p) for p in inputs], config)
+    return get_task(config.task).predict(model, config, checkpoint, frames, out, score_thresh=score_thresh,
+                                         panels=panels, batch_size=batch_size, echo=echo)
+
+
+def write_detections(model: nn.Module, config: ExperimentConfig, checkpoint: dict[str, Any],
+                     frames: list[tuple[str, dict[str, Any]]], out: Path, *, score_thresh: float = 0.3,
+                     panels: int = 16, batch_size: int = 4, echo: Callable[[str], None] = print) -> Path:
+    """Detect objects in ``frames``; writes detections.json (and one panels.png with up to ``panels`` frames)."""
+    from crossattentiondet import viz
+
     names = list(checkpoint.get("class_names") or [])
     results = detect_frames(model, config, checkpoint, frames, score_thresh=score_thresh, batch_size=batch_size,
                             echo=echo)

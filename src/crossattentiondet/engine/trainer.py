@@ -63,7 +63,6 @@ from crossattentiondet.engine.runtime import (
 from crossattentiondet.errors import RunLockedError, TrainingError
 from crossattentiondet.io import remove_stale_temp_files
 
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 # keys that may change when a run is resumed (they do not change what is being trained)
 RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.find_unused_parameters", "train.log_every", "train.iteration_csv", "data.loader.",
                      "output.", "eval.")
@@ -154,9 +153,9 @@ def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False,
 def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_dir: Path, info: DistInfo,
          device: torch.device, log: RunLog, stop_after_epoch: int | None,
          cleanup: list[Callable[[], None]]) -> RunResult:
-    from crossattentiondet.data import prepare_data
-    from crossattentiondet.models import build_detector
+    from crossattentiondet.tasks import get_task
 
+    task = get_task(user_config.task)  # what is learned: data, model, losses, metrics (tasks/)
     cfg_train = user_config.train
     log.info(f"run {run_dir} on {device}{f' x{info.world_size} (DDP)' if info.enabled else ''}, "
              f"precision {cfg_train.precision}" + (" (resumed)" if checkpoint else ""))
@@ -166,7 +165,7 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
 
     # ---- data: check first, then splits and loaders (rank 0 prepares caches, the others wait)
     with main_first(info):
-        data = prepare_data(user_config, run_dir if info.is_main else None, log=log.info)
+        data = task.prepare_data(user_config, run_dir if info.is_main else None, log=log.info)
     config = data.resolved_config
     if info.is_main:
         save_config(config, run_dir / "config.yaml")
@@ -181,7 +180,8 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
         log.info("warning: no validation split (data.split.val=0): best.pt is the last epoch, no early stopping")
 
     # ---- model, optimizer, schedule, scaler, EMA
-    model = build_detector(config, data.num_classes, load_pretrained=checkpoint is None).to(device)
+    selection = task.select_metric(config, data)  # before any training: a bad eval.select fails now
+    model = task.build_model(config, data.num_classes, load_pretrained=checkpoint is None).to(device)
     if cfg_train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg_train.compile:
@@ -196,8 +196,7 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
     scaler = torch.amp.GradScaler(device.type, enabled=cfg_train.precision == "fp16")
     ema = ModelEMA(model, cfg_train.ema.decay) if cfg_train.ema.enabled else None
     state = TrainState()
-    log.info(f"{config.model.backbone} {len(config.model.streams)}-stream detector, {data.num_classes} class(es) "
-             f"{data.class_names}; train/val/test = {len(data.splits['train'])}/{len(data.splits.get('val', []))}/"
+    log.info(f"{task.describe(config, data)}; train/val/test = {len(data.splits['train'])}/{len(data.splits.get('val', []))}/"
              f"{len(data.splits.get('test', []))} frames; effective batch {effective_batch(cfg_train, info.world_size)} "
              f"(batch {cfg_train.batch_size} x accumulation {cfg_train.accumulation} x {info.world_size} process(es)), "
              f"lr {lr:g}")
@@ -235,7 +234,7 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
         epoch_start = time.perf_counter()
         clock.start_epoch()
         stats = _train_one_epoch(ddp_model, model, ema, optimizer, schedule, scaler, train_loader, micro_batches,
-                                 epoch, state, config, info, device, log, clock)
+                                 epoch, state, config, info, device, log, clock, task.loss_keys(config))
         clock.end_training()
         state.epoch = epoch + 1
         state.train_time_s += time.perf_counter() - epoch_start
@@ -248,20 +247,20 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
         if validate_now:
             start = time.perf_counter()
             progress = ThrottledProgress(f"epoch {state.epoch} val", len(data.splits["val"]), log.info)
-            val = _evaluate(eval_model, val_loader, device, config, data.class_names, info,
-                            on_batch=progress.batches(len(val_loader)))
-            row.update({f"val_{k}": v for k, v in val.metrics.items()})
+            val = task.evaluate(eval_model, val_loader, device, config, data, gather=info.enabled,
+                                on_batch=progress.batches(len(val_loader)))
+            row.update({f"val_{k}": v for k, v in val.items()})
             row["val_time_s"] = time.perf_counter() - start
-            val_map = _finite(val.metrics["mAP"])
-            if val_map > state.best_metric + cfg_train.early_stopping.min_delta or state.best_epoch == 0:
-                state.best_metric, state.best_epoch, state.stale_validations = val_map, state.epoch, 0
+            score = selection.score(val)  # larger is better (a lower-is-better metric is negated)
+            if score > state.best_metric + cfg_train.early_stopping.min_delta or state.best_epoch == 0:
+                state.best_metric, state.best_epoch, state.stale_validations = score, state.epoch, 0
                 if info.is_main:
                     save_checkpoint(ckpt_dir / "best.pt", _inference_checkpoint(eval_model, config, data, state,
-                                                                               {"val": val.metrics}))
+                                                                               {"val": val}))
             else:
                 state.stale_validations += 1
-            val_note = (f"; val mAP {val.metrics['mAP']:.4f} mAP50 {val.metrics['mAP_50']:.4f} "
-                        f"(best {state.best_metric:.4f} at epoch {state.best_epoch})")
+            best = -state.best_metric if selection.lower_is_better else state.best_metric
+            val_note = f"; {task.val_note(val, selection)} (best {best:.4f} at epoch {state.best_epoch})"
         elif not has_val and info.is_main:
             state.best_epoch = state.epoch
             save_checkpoint(ckpt_dir / "best.pt", _inference_checkpoint(eval_model, config, data, state, {}))
@@ -297,11 +296,9 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
             return RunResult(run_dir, state, finished=False)
 
     # ---- final evaluation on the test split with the best weights
-    from crossattentiondet.engine.report import finish_run
-
     best = load_checkpoint(ckpt_dir / "best.pt")
     eval_model.load_state_dict(best["model"])
-    test_metrics, val_metrics = finish_run(eval_model, data, config, state, run_dir, device, info, log,
+    test_metrics, val_metrics = task.finish_run(eval_model, data, config, state, run_dir, device, info, log,
                                            best.get("metrics", {}).get("val", {}))
     return RunResult(run_dir, state, finished=True, test_metrics=test_metrics, val_metrics=val_metrics)
 
@@ -310,7 +307,8 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
 def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
                      schedule: Any, scaler: torch.amp.GradScaler, loader: Any, micro_batches: int, epoch: int,
                      state: TrainState, config: ExperimentConfig, info: DistInfo, device: torch.device,
-                     log: RunLog, clock: TrainingClock | None = None) -> dict[str, Any]:
+                     log: RunLog, clock: TrainingClock | None = None,
+                     loss_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     cfg = config.train
     ddp_model.train()
     if hasattr(loader, "set_epoch"):  # DetectionLoader: the epoch's permutation, augmentation and worker seeds
@@ -323,7 +321,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
     full_groups = micro_batches // accumulation
     trainable = [p for p in model.parameters() if p.requires_grad]
     norm_stats = BatchNormGuard(model)
-    sums = dict.fromkeys(("loss", *LOSS_KEYS), 0.0)
+    sums = dict.fromkeys(("loss", *loss_keys), 0.0)
     counted = 0
     images_seen = 0
     skipped = 0
@@ -356,7 +354,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                     finite = _all_ranks_true(bool(norm_stats.finite_and(torch.isfinite(loss)).item()), info, device)
                     if finite:
                         scaler.scale(loss / group_size).backward()
-                        for key in LOSS_KEYS:
+                        for key in loss_keys:
                             sums[key] += float(losses[key].detach())
                         sums["loss"] += float(loss.detach())
                         counted += 1
@@ -457,14 +455,6 @@ class BatchNormGuard:
         return bool(self.finite_and(torch.tensor(True, device=self.floats[0].device if self.floats else "cpu")).item())
 
 
-def _evaluate(model: nn.Module, loader: Any, device: torch.device, config: ExperimentConfig, class_names: list[str],
-              info: DistInfo, on_batch: Callable[[int], None] | None = None) -> Any:
-    from crossattentiondet.engine.evaluate import evaluate
-
-    return evaluate(model, loader, device, precision=config.train.precision, class_names=class_names,
-                    gather=info.enabled, on_batch=on_batch)
-
-
 def _wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, find_unused_parameters: bool = False
               ) -> nn.Module:
     if not info.enabled:
@@ -530,10 +520,6 @@ def _lock_run(run_dir: Path, info: DistInfo, device: torch.device) -> RunLock:
         lock.release()
         raise error or RunLockedError(f"rank 0 could not lock the run directory {run_dir}")
     return lock
-
-
-def _finite(value: float) -> float:
-    return value if value == value else -math.inf  # NaN (no ground truth) never counts as an improvement
 
 
 def _inference_checkpoint(eval_model: nn.Module, config: ExperimentConfig, data: Any, state: TrainState,
