@@ -1,4 +1,4 @@
-"""CrossAttentionDet: multi-modal object detection research toolkit.
+"""CrossAttentionDet: multi-modal detection and segmentation research toolkit.
 
 The Python API (``cad.load``, ``cad.train``, ``cad.evaluate``) lives in :mod:`crossattentiondet.api`; it is
 imported on first use so that ``cadet --help`` does not pay for torch.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Detections", "Detector", "evaluate", "load", "train"]
+__all__ = ["Detections", "Detector", "SegmentationMap", "Segmenter", "evaluate", "load", "train"]
 
 
 def __getattr__(name: str) -> Any:

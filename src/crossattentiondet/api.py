@@ -6,6 +6,8 @@
     model = cad.load(run.run_dir)                 # a run directory (best.pt) or a checkpoint file
     [dets] = model.predict({"rgb": rgb, "thermal": thermal, "event": event})
     dets.boxes, dets.scores, dets.labels, dets.names
+    seg = cad.load("runs/cod_run")                # a segmentation run (task: segment) gives a Segmenter
+    [out] = seg.predict({"rgb": rgb}); out.map, out.mask   # 8-bit map and class ids at the frame's size
     summary = cad.evaluate(run.run_dir, data="/data/other_set")
 
 Input rules (checked, see :mod:`crossattentiondet.data.inputs`): one frame is a dict modality -> raw array
@@ -30,7 +32,7 @@ from crossattentiondet.config import ConfigError, ExperimentConfig, build_config
 from crossattentiondet.data.inputs import ModalityInput, spec_from_checkpoint
 from crossattentiondet.errors import DataError
 
-__all__ = ["Detections", "Detector", "evaluate", "load", "train"]
+__all__ = ["Detections", "Detector", "SegmentationMap", "Segmenter", "evaluate", "load", "train"]
 
 
 @dataclass
@@ -119,8 +121,45 @@ class Detector:
                 f"checkpoint {self.checkpoint['path']})")
 
 
+@dataclass
+class SegmentationMap:
+    """The prediction of one frame at its own resolution: ``map`` is what ``cadet predict`` writes (binary:
+    uint8 object probability x 255; semantic: uint8 class ids), ``mask`` the class ids (binary: map >= 128)."""
+
+    frame: str
+    map: np.ndarray
+    binary: bool
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return (self.map >= 128).astype(np.uint8) if self.binary else self.map
+
+
+class Segmenter(Detector):
+    """A trained segmentation model (``task: segment``); frames are given as to :class:`Detector`."""
+
+    def predict(self, inputs: Any, *, batch_size: int = 4, verbose: bool = False,  # type: ignore[override]
+                **_: Any) -> list[SegmentationMap]:
+        """One :class:`SegmentationMap` per frame, after the same input checks as detection."""
+        from crossattentiondet.segmentation.predict import segment_frames
+
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size}: must be at least 1")
+        results = segment_frames(self.model, self.config, self.checkpoint, self._frames(inputs),
+                                 batch_size=batch_size, echo=print if verbose else (lambda _m: None))
+        binary = len(self.class_names) == 2
+        return [SegmentationMap(r["frame"], r["map"], binary, self.class_names) for r in results]
+
+    __call__ = predict
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("Detector(", "Segmenter(", 1)
+
+
 def load(path: str | Path, *, device: str | None = None, overrides: Sequence[str] | None = None) -> Detector:
-    """A trained model from a run directory (checkpoints/best.pt, else last.pt) or a checkpoint file.
+    """A trained model from a run directory (checkpoints/best.pt, else last.pt) or a checkpoint file:
+    a :class:`Detector`, or a :class:`Segmenter` for segmentation runs.
 
     ``device``: ``cpu``, ``cuda``, ``cuda:1`` (default: the run's train.device, ``auto`` = a GPU if any).
     """
@@ -128,7 +167,7 @@ def load(path: str | Path, *, device: str | None = None, overrides: Sequence[str
 
     extra = list(overrides or []) + ([f"train.device={device}"] if device else [])
     model, config, checkpoint = load_model(path, extra or None)
-    return Detector(model, config, checkpoint)
+    return (Segmenter if config.task == "segment" else Detector)(model, config, checkpoint)
 
 
 def _override_list(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[str]:

@@ -359,8 +359,10 @@ def horizontal_bar_height(labels: Sequence[str], bars_per_row: int) -> float:
 
 
 def plot_ap_bars(labels: Sequence[str], rows: Sequence[Mapping[str, Any]], path: str | Path, *,
-                 title: str = "COCO AP", reference_line: bool = False) -> Path:
-    """Horizontal grouped bars of mAP and mAP_50, one row per model or condition (first row on top).
+                 title: str = "COCO AP", reference_line: bool = False,
+                 metrics: tuple[str, str] = ("mAP", "mAP_50"), xlabel: str = "COCO AP") -> Path:
+    """Horizontal grouped bars of two metrics (mAP and mAP_50), one row per model or condition (first row
+    on top); the reference line marks the first row's first metric.
 
     Horizontal so that long model descriptions stay readable: each label is wrapped beside its bars and
     the figure grows with the rows, so labels never overlap.
@@ -375,30 +377,31 @@ def plot_ap_bars(labels: Sequence[str], rows: Sequence[Mapping[str, Any]], path:
     ax = fig.subplots()
     y = np.arange(len(rows))
     height = 0.38
-    for offset, key, color in ((-height / 2, "mAP", "#3070b0"), (height / 2, "mAP_50", "#90b8e0")):
+    for offset, key, color in ((-height / 2, metrics[0], "#3070b0"), (height / 2, metrics[1], "#90b8e0")):
         values = column(key)
         bars = ax.barh(y + offset, np.nan_to_num(values), height, label=key, color=color)
         for bar, v in zip(bars, values):
             ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2,
                     "n/a" if math.isnan(v) else f"{v:.3f}", ha="left", va="center", fontsize=7)
-    base = column("mAP")[0]
+    base = column(metrics[0])[0]
     if reference_line and math.isfinite(base):
         ax.axvline(base, color="black", linestyle="--", linewidth=0.8)
     ax.set_yticks(y, [wrap_label(label, LABEL_CHARS) for label in labels], fontsize=8)
     ax.invert_yaxis()  # first row on top, in reading order
     ax.set_xlim(0, 1.1)  # room for the value of a bar at 1.0
-    ax.set_xlabel("COCO AP")
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="best")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
-def plot_robustness(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Bar chart of mAP and mAP_50 with nothing zeroed and with each modality zeroed
-    (rows from :func:`crossattentiondet.engine.evaluate.robustness_table`)."""
+def plot_robustness(rows: Sequence[Mapping[str, Any]], path: str | Path,
+                    metrics: tuple[str, str] = ("mAP", "mAP_50"), xlabel: str = "COCO AP") -> Path:
+    """Bar chart of two metrics (detection: mAP and mAP_50) with nothing zeroed and with each modality zeroed
+    (rows from :func:`crossattentiondet.engine.evaluate.robustness_table` or the segmentation report)."""
     if not rows:
         raise ValueError("plot_robustness needs at least one row")
     labels = ["all inputs" if r["zeroed"] == "none" else f"no {r['zeroed']}" for r in rows]
     return plot_ap_bars(labels, rows, path, title="Missing-modality robustness",
-                        reference_line=rows[0]["zeroed"] == "none")
+                        reference_line=rows[0]["zeroed"] == "none", metrics=metrics, xlabel=xlabel)

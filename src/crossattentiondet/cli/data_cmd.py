@@ -8,11 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from crossattentiondet.cli.common import add_config_args, config_from_args, print_json
-from crossattentiondet.config import ConfigError, SyntheticConfig
-from crossattentiondet.data.layouts import LAYOUTS
+from crossattentiondet.config import ConfigError, ExperimentConfig, SyntheticConfig
+from crossattentiondet.data.layouts import LAYOUTS, PRESETS
 from crossattentiondet.data.splits import MIN_SPLIT_GROUPS
+from crossattentiondet.segmentation.layouts import SEG_LAYOUTS
 
-LAYOUT_HELP = f"data layout: auto (default: detect), {', '.join(LAYOUTS)}"
+LAYOUT_HELP = (f"data layout: auto (default: detect), {', '.join(LAYOUTS)}; segmentation: "
+               f"{', '.join(SEG_LAYOUTS)}")
+TASK_HELP = ("detect or segment (default: segment for cod10k / sinet / mfnet trees, modality folders with "
+             "masks/ and no box labels, or the config's task=segment; else detect)")
+# layouts only segmentation reads: naming one (or finding one) selects the segmentation check and stats
+SEG_ONLY_LAYOUTS = ("cod10k", "sinet", "mfnet")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                 f"{MIN_SPLIT_GROUPS} independent groups of frames.")
     check.add_argument("data", metavar="DATA", help="data set root")
     check.add_argument("--layout", help=LAYOUT_HELP)
+    check.add_argument("--task", choices=("detect", "segment"), help=TASK_HELP)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     add_config_args(check)
     check.set_defaults(func=run_check)
@@ -34,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats = commands.add_parser("stats", help="images, boxes per class and size, image sizes, channel mean/std")
     stats.add_argument("data", metavar="DATA", help="data set root")
     stats.add_argument("--layout", help=LAYOUT_HELP)
+    stats.add_argument("--task", choices=("detect", "segment"), help=TASK_HELP)
     stats.add_argument("--out", metavar="DIR|FILE.json",
                        help="folder for stats.json (and histograms), or the JSON file itself (default: the current "
                        "folder; never inside DATA)")
@@ -54,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     convert.set_defaults(func=run_convert)
 
     defaults = SyntheticConfig()
-    synth = commands.add_parser("synth", help="write the synthetic RGB + thermal + event data set")
+    synth = commands.add_parser("synth", help="write the synthetic RGB + thermal + event data set (--task "
+                                "segment: camouflaged RGB + thermal scenes with masks)")
     synth.add_argument("out", metavar="OUT", help="output folder")
     synth.add_argument("--images", type=int, default=defaults.images, help=f"frames (default {defaults.images})")
     synth.add_argument("--size", default=f"{defaults.size[0]}x{defaults.size[1]}", metavar="WxH",
@@ -62,13 +71,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--classes", type=int, default=defaults.classes, help="classes, 1..5 (default %(default)s)")
     synth.add_argument("--format", default="npy", metavar="npy|folders", help="output layout (default npy)")
     synth.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
+    synth.add_argument("--task", choices=("detect", "segment"), default="detect",
+                       help="detect: boxes (default); segment: camouflaged objects with masks, folders "
+                       "layout (rgb/ thermal/ masks/)")
     synth.set_defaults(func=run_synth)
+
+
+def is_segmentation(args: argparse.Namespace, config: ExperimentConfig) -> bool:
+    """Whether ``cadet data check|stats`` looks at a segmentation data set: ``--task``, else the config's
+    ``task=segment``, a segmentation-only layout (named or found in DATA), or modality folders with a mask
+    folder and no box labels (what ``cadet data synth --task segment`` writes)."""
+    from crossattentiondet.segmentation.layouts import detect_seg_layout
+
+    if args.task is not None:
+        return args.task == "segment"
+    if config.task == "segment":
+        return True
+    layout = args.layout if args.layout not in (None, "auto") else config.data.layout
+    if layout != "auto":
+        return layout in SEG_ONLY_LAYOUTS
+    found = detect_seg_layout(Path(args.data), config.data)
+    if found == "folders":  # modality folders + masks/: segmentation unless it also has detection labels
+        return config.data.labels is None and not any((Path(args.data) / c).exists()
+                                                      for c in PRESETS["folders"].labels)
+    return found in SEG_ONLY_LAYOUTS
+
+
+def run_seg_check(args: argparse.Namespace, config: ExperimentConfig) -> int:
+    from crossattentiondet.segmentation.checks import check_seg_source
+    from crossattentiondet.segmentation.layouts import open_seg_source
+
+    source = open_seg_source(args.data, config.data, args.layout)
+    report = check_seg_source(source, split=config.data.split)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        for note in report.notes:
+            print(f"note: {note}")
+        for problem in report.problems:
+            print(f"{problem.severity}: {problem}")
+        print(report.summary())
+    return 1 if report.errors else 0
 
 
 def run_check(args: argparse.Namespace) -> int:
     from crossattentiondet.data import check_dataset
 
     config = config_from_args(args)
+    if is_segmentation(args, config):
+        return run_seg_check(args, config)
     report = check_dataset(args.data, config.data, layout=args.layout, check_split=True)
     if args.json:
         print_json(report.to_dict())
@@ -123,12 +174,22 @@ def run_stats(args: argparse.Namespace) -> int:
     ensure_writable_file(out, "--out" if args.out is not None else "stats file")
     if hist_dir is not None:
         ensure_writable_dir(hist_dir, "--histograms")
-    stats = compute_stats(args.data, config.data, layout=args.layout, histograms_dir=hist_dir)
+    segment = is_segmentation(args, config)
+    if segment and hist_dir is not None:
+        raise ConfigError("--histograms: not available for segmentation data sets (the statistics give the "
+                          "channel mean / std)")
+    if segment:
+        from crossattentiondet.segmentation.checks import format_seg_stats, seg_stats
+        from crossattentiondet.segmentation.layouts import open_seg_source
+
+        stats = seg_stats(open_seg_source(args.data, config.data, args.layout))
+    else:
+        stats = compute_stats(args.data, config.data, layout=args.layout, histograms_dir=hist_dir)
     atomic_write_json(out, stats)
     if args.json:
         print_json(stats)
     else:
-        print(format_stats(stats))
+        print(format_seg_stats(stats) if segment else format_stats(stats))
         if stats.get("histograms"):
             print(f"histograms: {', '.join(stats['histograms'])}")
         print(f"saved {out}")
@@ -163,8 +224,26 @@ def run_synth(args: argparse.Namespace) -> int:
     from crossattentiondet.io import ensure_writable_dir
 
     size = parse_size(args.size)
+    if args.task == "segment":
+        return run_seg_synth(args, size)
     ensure_writable_dir(args.out, "OUT")  # before any frame is rendered
     out = generate_dataset(Path(args.out), args.images, size, args.classes, args.format, args.seed)
     print(f"wrote {args.images} synthetic frames ({size[0]}x{size[1]}, {args.classes} classes, {args.format}) "
+          f"to {out}")
+    return 0
+
+
+def run_seg_synth(args: argparse.Namespace, size: tuple[int, int]) -> int:
+    """``cadet data synth OUT --task segment``: camouflaged RGB + thermal scenes with masks (folders)."""
+    from crossattentiondet.io import ensure_writable_dir
+    from crossattentiondet.segmentation.synth import generate_seg_dataset
+
+    defaults = SyntheticConfig()
+    if args.classes != defaults.classes or args.format != "npy":
+        raise ConfigError("--classes and --format are for detection data; --task segment writes binary masks "
+                          "in the folders layout")
+    ensure_writable_dir(args.out, "OUT")
+    out = generate_seg_dataset(Path(args.out), args.images, size, args.seed)
+    print(f"wrote {args.images} synthetic segmentation scenes ({size[0]}x{size[1]}, rgb + thermal + masks) "
           f"to {out}")
     return 0

@@ -28,8 +28,18 @@ PROBLEM_KINDS: dict[str, str] = {
     "orphan_label": "label without an image (warning)",
     "label_size": "size written in the label file differs from the image (warning)",
     "split": "the configured split (data.split) cannot be made",
+    # segmentation (task: segment)
+    "missing_mask": "a frame has no ground-truth mask",
+    "orphan_mask": "a mask without a frame (warning)",
+    "mask_size": "a mask's size differs from its frame's",
+    "mask_values": "mask values outside the class range (other than 255 = ignore), or a colour mask where class "
+                   "ids are expected",
+    "empty_mask": "masks without a single object pixel (warning; counted, first files named)",
     "few_groups": "a split is empty or holds fewer than MIN_SPLIT_GROUPS independent groups of frames (warning)",
 }
+
+# the kinds only segmentation checks report (segmentation/checks.py; tests/test_seg_checks.py reaches each)
+SEGMENTATION_KINDS = frozenset({"missing_mask", "orphan_mask", "mask_size", "mask_values", "empty_mask"})
 
 Severity = Literal["error", "warning"]
 

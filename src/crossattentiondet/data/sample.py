@@ -6,7 +6,10 @@ labels (int64; 0 is the detector's background). Two optional extras, for data se
 (KAIST): ``occlusion`` per box (0 none, 1 partial, 2 heavy; None when the labels do not say) and
 ``ignore_boxes``, regions that are neither objects nor background (crowds, cyclists, unsure persons): they
 are never training targets, and evaluation (MR^-2) neither counts them as misses nor detections on them as
-false positives. :class:`BoxAnnotations` is the same box information without the pixels.
+false positives. For segmentation, ``mask`` is the frame's (H, W) uint8 map of class ids (COD: 0/1; semantic:
+0..K-1; 255 = ignore), the same H and W as the modalities; None for detection. Geometric transforms move it
+with the pixels (nearest neighbour), photometric ones never touch it.
+:class:`BoxAnnotations` is the same box information without the pixels.
 :func:`to_model_input` turns a sample into the model's input:
 one (C_total, H, W) tensor with the modalities concatenated in config order (uint8 when every modality is
 uint8, else uint16, uint8 values promoted without rescaling), and a torchvision target dict.
@@ -42,6 +45,7 @@ class Sample:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     occlusion: np.ndarray | None = None  # per box of ``boxes`` (see the module docstring), or None
     ignore_boxes: np.ndarray = field(default_factory=_no_boxes)
+    mask: np.ndarray | None = None  # (H, W) uint8 class ids, 255 = ignore (segmentation); None: no mask
 
     @property
     def height(self) -> int:

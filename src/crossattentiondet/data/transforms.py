@@ -4,11 +4,19 @@
 ``(sample, rng) -> sample``. All randomness comes from the generator it is given (the dataset seeds it per
 (seed, epoch, index)), so augmented epochs are reproducible and a resumed run sees the same samples.
 
-Order: geometric transforms (horizontal flip, scale jitter, random crop) move every modality and the
-boxes together (the per-box extras travel with their boxes: ``occlusion`` stays aligned when a crop drops
-boxes, ``ignore_boxes`` are flipped, scaled and clipped like boxes, and kept while any part of them is in
-the window); then photometric transforms (RGB colour jitter, CLAHE, motion blur, noise, thermal
-gain/offset); modality dropout comes last, so a dropped modality is exactly its mean and not a noisy mean.
+Order: geometric transforms (horizontal flip, vertical flip, rotation by a multiple of 90 degrees, scale
+jitter, random crop) move every modality, the boxes and the segmentation mask together (the per-box extras
+travel with their boxes: ``occlusion`` stays aligned when a crop drops boxes, ``ignore_boxes`` are flipped,
+rotated, scaled and clipped like boxes, and kept while any part of them is in the window; the mask of class
+ids is resampled with the nearest neighbour, pixel-centre aligned like the images, so it keeps its values,
+255 = ignore included); then photometric transforms (RGB colour jitter, CLAHE, motion blur, noise, thermal
+gain/offset), which never touch the mask; modality dropout comes last, so a dropped modality is exactly its
+mean and not a noisy mean.
+
+Vertical flip and rotation (``vflip``, ``rot90``; for segmentation, off by default) draw from the generator
+only when their probability is above zero, so with them off every other decision sees the same random
+numbers as before they existed (seeded detection runs are unchanged). A rotation by 90 or 270 degrees swaps
+the frame's height and width.
 
 Arrays stay in their native dtype (uint8 or uint16) and value range: photometric transforms work on the
 0-1 scale of each modality (raw / full scale, the full scale being ``ModalityConfig.scale`` if set, else
@@ -28,7 +36,7 @@ frames, which would be a strongly negative, out-of-distribution input after norm
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 import cv2
@@ -36,10 +44,15 @@ import numpy as np
 
 from crossattentiondet.config import AugmentConfig, ModalityConfig
 from crossattentiondet.data.sample import Sample
+from crossattentiondet.errors import DataError
 
 Transform = Callable[[Sample, np.random.Generator], Sample]
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+# The mask rides through the geometric helpers inside the arrays dict under this key (no modality can be named
+# so: names come from the config), so a crop cuts it with the very same window as the modalities.
+MASK_KEY = "\x00mask"
 
 
 def identity(sample: Sample, rng: np.random.Generator) -> Sample:
@@ -106,9 +119,16 @@ class Augmenter:
         count = len(boxes)
         # ignore regions ride along with the boxes through every geometric step, split off again at the end
         boxes = np.concatenate([boxes, np.asarray(sample.ignore_boxes, np.float32).reshape(-1, 4)])
+        if sample.mask is not None:
+            arrays[MASK_KEY] = check_mask(sample)
         # Decisions are drawn from ``rng`` in a fixed order, so one generator state gives one result.
         if rng.random() < cfg.hflip:
             arrays, boxes = hflip(arrays, boxes)
+        # drawn only when enabled: with both off, the draws below are the ones they were before these existed
+        if cfg.vflip > 0 and rng.random() < cfg.vflip:
+            arrays, boxes = vflip(arrays, boxes)
+        if cfg.rot90 > 0 and rng.random() < cfg.rot90:
+            arrays, boxes = rot90(arrays, boxes, int(rng.integers(1, 4)))
         if cfg.scale_jitter is not None:
             lo, hi = sorted(cfg.scale_jitter)
             factor = float(rng.uniform(lo, hi))
@@ -122,6 +142,7 @@ class Augmenter:
             count = int(keep[:count].sum())
             boxes = boxes[keep]
         boxes, ignore_boxes = boxes[:count], boxes[count:]
+        mask = arrays.pop(MASK_KEY, None)  # out before photometry: never jittered, blurred or dropped
 
         jitter = cfg.color_jitter
         if jitter.prob > 0:
@@ -152,7 +173,7 @@ class Augmenter:
             name = candidates[int(rng.integers(len(candidates)))]
             arrays[name] = self.mean_image(name, arrays[name])
         return replace(sample, modalities=arrays, boxes=boxes, labels=labels, occlusion=occlusion,
-                       ignore_boxes=ignore_boxes)
+                       ignore_boxes=ignore_boxes, mask=mask)
 
     def mean_image(self, name: str, array: np.ndarray) -> np.ndarray:
         """An array like ``array`` filled with the modality's normalisation mean (zero after normalisation)."""
@@ -164,6 +185,30 @@ class Augmenter:
 
 
 # ------------------------------------------------------------------------------------- geometric
+def check_mask(sample: Sample) -> np.ndarray:
+    """``sample.mask`` if it is an (H, W) integer array of the frame's size, else a :class:`DataError`."""
+    mask = np.asarray(sample.mask)
+    if mask.ndim != 2 or mask.shape != (sample.height, sample.width):
+        raise DataError(f"{sample.stem}: mask has shape {mask.shape}, expected (H, W) = "
+                        f"({sample.height}, {sample.width}) like its images")
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(f"{sample.stem}: mask must hold integer class ids (uint8), got dtype {mask.dtype}")
+    return mask
+
+
+def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W[, C]) array of any dtype to ``size`` = (width, height).
+
+    Pixel-centre aligned (output pixel centre -> the input pixel containing it), like the area and bilinear
+    resizes of the images, so a resized mask stays on its resized image; values are only ever copied.
+    """
+    new_w, new_h = size
+    height, width = array.shape[:2]
+    rows = np.minimum(((np.arange(new_h) + 0.5) * (height / new_h)).astype(np.int64), height - 1)
+    cols = np.minimum(((np.arange(new_w) + 0.5) * (width / new_w)).astype(np.int64), width - 1)
+    return np.ascontiguousarray(array[rows[:, None], cols[None, :]])
+
+
 def hflip(arrays: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Mirror every modality left-right and the boxes with them."""
     width = next(iter(arrays.values())).shape[1]
@@ -174,13 +219,50 @@ def hflip(arrays: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[dict[str, n
     return out, flipped
 
 
-def rescale(arrays: dict[str, np.ndarray], boxes: np.ndarray, factor: float
-            ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Resize every modality by ``factor`` (boxes follow the exact per-axis ratio of the rounded size)."""
+def vflip(arrays: dict[str, np.ndarray], boxes: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Mirror every array upside down and the boxes with them."""
+    height = next(iter(arrays.values())).shape[0]
+    out = {name: np.ascontiguousarray(a[::-1]) for name, a in arrays.items()}
+    flipped = boxes.copy()
+    flipped[:, 1] = height - boxes[:, 3]
+    flipped[:, 3] = height - boxes[:, 1]
+    return out, flipped
+
+
+def rot90(arrays: dict[str, np.ndarray], boxes: np.ndarray, k: int
+          ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Rotate every array by ``k`` x 90 degrees counter-clockwise (as :func:`numpy.rot90`) and the boxes.
+
+    Odd ``k`` swaps height and width. Boxes are in pixel-edge coordinates, so a box covering whole pixels
+    covers exactly the rotated pixels.
+    """
+    k %= 4
+    height, width = next(iter(arrays.values())).shape[:2]
+    out = {name: np.ascontiguousarray(np.rot90(a, k, axes=(0, 1))) for name, a in arrays.items()}
+    x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    if k == 0:
+        turned = boxes.copy()
+    elif k == 1:  # (x, y) -> (y, W - x)
+        turned = np.stack([y0, width - x1, y1, width - x0], axis=1)
+    elif k == 2:  # (x, y) -> (W - x, H - y)
+        turned = np.stack([width - x1, height - y1, width - x0, height - y0], axis=1)
+    else:  # (x, y) -> (H - y, x)
+        turned = np.stack([height - y1, x0, height - y0, x1], axis=1)
+    return out, turned.astype(np.float32, copy=False).reshape(-1, 4)
+
+
+def rescale(arrays: dict[str, np.ndarray], boxes: np.ndarray, factor: float,
+            nearest: Collection[str] = (MASK_KEY,)) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Resize every array by ``factor`` (boxes follow the exact per-axis ratio of the rounded size).
+
+    Arrays named in ``nearest`` (the mask of class ids) are resized with the nearest neighbour, the others
+    with area averaging when shrinking and bilinear interpolation when enlarging.
+    """
     height, width = next(iter(arrays.values())).shape[:2]
     new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
     interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    out = {name: _keep_shape(cv2.resize(a, (new_w, new_h), interpolation=interp), a) for name, a in arrays.items()}
+    out = {name: resize_nearest(a, (new_w, new_h)) if name in nearest
+           else cv_resize(a, (new_w, new_h), interp) for name, a in arrays.items()}
     scaled = boxes * np.array([new_w / width, new_h / height, new_w / width, new_h / height], np.float32)
     return out, scaled
 
@@ -202,7 +284,8 @@ def crop_window(arrays: dict[str, np.ndarray], boxes: np.ndarray, rng: np.random
     """:func:`random_crop`'s window: the cropped arrays, every box clipped to it, and which boxes to keep.
 
     The keep mask lets callers drop per-box data (labels, occlusion) in step. Boxes flagged in
-    ``any_visible`` (ignore regions) are kept while any part of them is in the window.
+    ``any_visible`` (ignore regions) are kept while any part of them is in the window. With no boxes at all
+    (segmentation) it is a plain random window: empty boxes and keep come back.
     """
     height, width = next(iter(arrays.values())).shape[:2]
     crop_w = max(1, min(width, round(width * float(rng.uniform(min_scale, 1.0)))))
@@ -223,6 +306,17 @@ def crop_window(arrays: dict[str, np.ndarray], boxes: np.ndarray, rng: np.random
         visible = visible | any_visible
     keep = (kept_w > 0) & (kept_h > 0) & visible
     return out, clipped, keep
+
+
+def cv_resize(array: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """``cv2.resize`` to ``size`` = (width, height) for any number of channels, keeping the channel axis.
+
+    OpenCV resizes at most 4 channels at a time (area and bilinear alike): wider stacks go in chunks of 4.
+    """
+    if array.ndim == 3 and array.shape[2] > 4:
+        return np.concatenate([cv_resize(np.ascontiguousarray(array[..., i:i + 4]), size, interpolation)
+                               for i in range(0, array.shape[2], 4)], axis=2)
+    return _keep_shape(cv2.resize(array, size, interpolation=interpolation), array)
 
 
 def _keep_shape(result: np.ndarray, like: np.ndarray) -> np.ndarray:

@@ -190,13 +190,16 @@ class ThrottledProgress:
 # ------------------------------------------------------------------------------------ TensorBoard extras
 HPARAM_KEYS = (
     "name", "seed", "model.backbone", "model.streams", "model.fusion.type", "model.fusion.stages",
-    "model.fusion.other", "model.fusion.flow", "model.zero_modalities", "data.split.seed", "train.epochs",
+    "model.fusion.other", "model.fusion.flow", "model.zero_modalities", "task", "model.seg.decoder",
+    "model.seg.size", "data.split.seed", "train.epochs",
     "train.batch_size", "train.accumulation", "train.lr", "train.lr_scaling", "train.optimizer.type",
     "train.optimizer.weight_decay", "train.schedule.type", "train.schedule.warmup_epochs", "train.precision",
     "train.ema.enabled", "train.freeze.epochs", "train.grad_clip",
 )
 """The resolved config keys a run shows in TensorBoard's HParams dashboard (lists and None as text)."""
-HPARAM_METRICS = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large", "mAR_100")
+HPARAM_METRICS = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large", "mAR_100",
+                  # segmentation (task: segment): COD and semantic
+                  "Smeasure", "meanEm", "wFmeasure", "MAE", "maxFm", "IoU", "mIoU", "pixel_acc")
 PR_THRESHOLDS = 101  # score thresholds 0, 0.01, ..., 1 of the TensorBoard PR curves
 
 

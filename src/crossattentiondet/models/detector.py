@@ -20,7 +20,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from crossattentiondet.config import ExperimentConfig
+from crossattentiondet.config import ConfigError, ExperimentConfig
 from crossattentiondet.models.encoder import DualStreamEncoder, FusionPlan, SingleStreamEncoder
 from crossattentiondet.models.mit import mit_spec
 from crossattentiondet.models.roi_pool import SparseMultiScaleRoIAlign
@@ -77,6 +77,34 @@ def _dtype_max(dtype: torch.dtype) -> float:
     return 1.0  # float input is taken to be on the 0-1 scale already
 
 
+def normalize_input(images: Tensor, layout: InputLayout, zero_channels: list[int] | tuple[int, ...] = ()) -> Tensor:
+    """Raw (C, H, W) or (B, C, H, W) input -> float32, per channel ``(x / scale - mean) / std``.
+
+    ``scale`` is the modality's (None: the dtype's maximum, 255 for uint8, 65535 for uint16). Channels in
+    ``zero_channels`` become exactly 0 (missing-sensor evaluation). Shared by the detector and the segmenter.
+    """
+    if images.ndim not in (3, 4):
+        raise ValueError(f"input has shape {tuple(images.shape)}; expected (C, H, W) or (B, C, H, W)")
+    channels = images.shape[images.ndim - 3]
+    if channels != layout.total_channels:
+        raise ValueError(
+            f"input has {channels} channels, the model expects {layout.total_channels} "
+            f"({', '.join(f'{n}:{len(c)}' for n, c in zip(layout.modality_names, layout.modality_channels))})"
+        )
+    default = _dtype_max(images.dtype)
+    scale = torch.tensor([s if s is not None else default for s in layout.scale],
+                         dtype=torch.float32, device=images.device)
+    mean = torch.tensor(layout.mean, dtype=torch.float32, device=images.device)
+    std = torch.tensor(layout.std, dtype=torch.float32, device=images.device)
+    # one multiply-add per channel: x * (1 / (scale * std)) - mean / std
+    mult = 1.0 / (scale * std)
+    add = -mean / std
+    if zero_channels:
+        mult[list(zero_channels)] = 0.0
+        add[list(zero_channels)] = 0.0
+    return images.to(torch.float32) * mult[:, None, None] + add[:, None, None]
+
+
 class MultiModalTransform(GeneralizedRCNNTransform):
     """Per-modality normalisation on the device, modality zeroing, explicit resize policy, batching."""
 
@@ -87,23 +115,7 @@ class MultiModalTransform(GeneralizedRCNNTransform):
         self.zero_channels: list[int] = []
 
     def normalize(self, image: Tensor) -> Tensor:
-        if image.shape[0] != self.layout.total_channels:
-            raise ValueError(
-                f"input has {image.shape[0]} channels, the model expects {self.layout.total_channels} "
-                f"({', '.join(f'{n}:{len(c)}' for n, c in zip(self.layout.modality_names, self.layout.modality_channels))})"
-            )
-        default = _dtype_max(image.dtype)
-        scale = torch.tensor([s if s is not None else default for s in self.layout.scale],
-                             dtype=torch.float32, device=image.device)
-        mean = torch.tensor(self.layout.mean, dtype=torch.float32, device=image.device)
-        std = torch.tensor(self.layout.std, dtype=torch.float32, device=image.device)
-        mult = 1.0 / (scale * std)
-        if self.zero_channels:
-            mult[self.zero_channels] = 0.0
-        add = -mean / std
-        if self.zero_channels:
-            add[self.zero_channels] = 0.0
-        return image.to(torch.float32) * mult[:, None, None] + add[:, None, None]
+        return normalize_input(image, self.layout, self.zero_channels)
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):  # noqa: ANN201
         if self.resize_mode == "native":
@@ -166,14 +178,35 @@ class MultiModalFasterRCNN(FasterRCNN):
         return [n for n, c in zip(self.layout.modality_names, self.layout.modality_channels) if c and set(c) <= zeroed]
 
 
-def build_encoder(config: ExperimentConfig, layout: InputLayout) -> nn.Module:
+def build_encoder(config: ExperimentConfig, layout: InputLayout, load_pretrained: bool = False) -> nn.Module:
+    """The encoder of ``config.model`` (4 maps at strides 4..32), shared by every task's head.
+
+    MiT: one stream, or two with the fusion plan; ``timm:<name>``: a timm features_only backbone (one
+    stream). With ``load_pretrained``, ``model.pretrained`` is loaded (MiT: ImageNet weights into every
+    stream; timm: that model's timm weights file, the stem adapted to the stream's channels).
+    """
     m = config.model
+    weights = m.pretrained if load_pretrained else None
+    if m.backbone.startswith("timm:"):
+        if len(layout.stream_channels) != 1:
+            raise ConfigError("timm backbones run one stream: set model.streams=[[rgb, thermal]] (early fusion) "
+                              "or use a MiT backbone for two streams with fusion")
+        from crossattentiondet.models.timm_encoder import TimmEncoder
+
+        return TimmEncoder(m.backbone.removeprefix("timm:"), len(layout.stream_channels[0]), weights,
+                           m.drop_path_rate, m.grad_checkpointing)
     spec = mit_spec(m.backbone, **m.mit.model_dump())
     if len(layout.stream_channels) == 2:
         plan = FusionPlan.from_config(m.fusion)
-        return DualStreamEncoder(spec, (len(layout.stream_channels[0]), len(layout.stream_channels[1])), plan,
-                                 m.fusion, m.drop_path_rate, m.grad_checkpointing)
-    return SingleStreamEncoder(spec, len(layout.stream_channels[0]), m.drop_path_rate, m.grad_checkpointing)
+        encoder: nn.Module = DualStreamEncoder(spec, (len(layout.stream_channels[0]), len(layout.stream_channels[1])),
+                                               plan, m.fusion, m.drop_path_rate, m.grad_checkpointing)
+    else:
+        encoder = SingleStreamEncoder(spec, len(layout.stream_channels[0]), m.drop_path_rate, m.grad_checkpointing)
+    if weights:
+        from crossattentiondet.models.weights import load_pretrained_encoder
+
+        load_pretrained_encoder(encoder, weights)
+    return encoder
 
 
 def build_detector(config: ExperimentConfig, num_classes: int | None = None,
@@ -181,13 +214,14 @@ def build_detector(config: ExperimentConfig, num_classes: int | None = None,
     """Build the detector described by ``config``.
 
     ``num_classes`` counts foreground classes; it defaults to ``model.num_classes``, else 1.
-    ``model.pretrained`` weights are loaded into every stream unless ``load_pretrained`` is False
-    (e.g. when a checkpoint will overwrite them anyway).
+    ``model.pretrained`` weights are loaded into the encoder (every stream) unless ``load_pretrained`` is
+    False (e.g. when a checkpoint will overwrite them anyway).
     """
     classes = num_classes or config.model.num_classes or 1
     layout = InputLayout.from_config(config)
     det = config.model.detector
-    backbone = MultiModalBackbone(build_encoder(config, layout), layout.stream_channels, det.fpn_channels)
+    backbone = MultiModalBackbone(build_encoder(config, layout, load_pretrained), layout.stream_channels,
+                                  det.fpn_channels)
     anchors = AnchorGenerator(tuple(tuple(s) for s in det.anchor_sizes),
                               (tuple(det.aspect_ratios),) * len(det.anchor_sizes))
     # torchvision's MultiScaleRoIAlign; on the CPU computed as one sparse product (same values, ~4x faster)
@@ -227,8 +261,4 @@ def build_detector(config: ExperimentConfig, num_classes: int | None = None,
     model.layout = layout
     model.num_classes = classes
     model.set_zero_modalities(config.model.zero_modalities)
-    if config.model.pretrained and load_pretrained:
-        from crossattentiondet.models.weights import load_pretrained_encoder
-
-        load_pretrained_encoder(backbone.encoder, config.model.pretrained)
     return model

@@ -1,0 +1,1 @@
+"""Segmentation: layouts, synthetic scenes, model, metrics, evaluation (task: segment)."""
