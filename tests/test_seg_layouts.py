@@ -316,12 +316,22 @@ def test_splits_are_honest_stratified_and_seeded() -> None:
 def test_splits_by_ratios_and_explicit_val(tmp_path: Path) -> None:
     items = {f"f{i:02d}": SegItem(f"f{i:02d}", {}, {}, None, None, "folders") for i in range(20)}
     source = SegSource(tmp_path, "folders", [], ["background", "object"], True, items)
-    out = seg_splits(source, SplitConfig(train=0.6, val=0.2, test=0.2), list(items), 0)
+    out = seg_splits(source, SplitConfig(train=0.6, val=0.2, test=0.2, group_by="none"), list(items), 0)
     assert [len(out[n]) for n in ("train", "val", "test")] == [12, 4, 4]
     assert sorted(out["train"] + out["val"] + out["test"]) == sorted(items)
+    # without sub-classes, neighbouring frames stay together (group_by=auto: blocks of 10 consecutive frames,
+    # or whole sequences when names carry one), as for detection
+    blocks = seg_splits(source, SplitConfig(train=0.5, val=0.5, test=0.0), list(items), 0)
+    assert sorted([blocks["train"], blocks["val"]]) == [[f"f{i:02d}" for i in range(10)],
+                                                        [f"f{i:02d}" for i in range(10, 20)]]
+    scenes = {f"scene{i // 4:04d}_{i:06d}": SegItem(f"scene{i // 4:04d}_{i:06d}", {}, {}, None, None, "folders")
+              for i in range(40)}
+    by_scene = seg_splits(SegSource(tmp_path, "folders", [], ["b", "o"], True, scenes), SplitConfig(), list(scenes), 0)
+    owner = {stem: name for name, stems in by_scene.items() for stem in stems}
+    assert all(len({owner[s] for s in scenes if s.startswith(f"scene{k:04d}")}) == 1 for k in range(10))
     tiny = {k: items[k] for k in list(items)[:3]}
     small = SegSource(tmp_path, "folders", [], ["b", "o"], True, tiny)
-    three = seg_splits(small, SplitConfig(), list(tiny), 0)
+    three = seg_splits(small, SplitConfig(group_by="none"), list(tiny), 0)
     assert [len(v) for v in three.values()] == [1, 1, 1]  # every split gets a frame
     mfnet = open_seg_source(mfnet_tree(tmp_path / "mf"), DataConfig())
     out = seg_splits(mfnet, SplitConfig(), list(mfnet.items), 0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from crossattentiondet.cli import main
-from crossattentiondet.config import build_config
+from crossattentiondet.config import ConfigError, build_config
 from crossattentiondet.engine.trainer import train
 from crossattentiondet.errors import DataError
 
@@ -114,6 +114,8 @@ def test_resumed_segmentation_run_matches_the_uninterrupted_one(tmp_path: Path) 
     whole = train(build_config({}, [*common, "name=whole"]), echo=_quiet)
     part = train(build_config({}, [*common, "name=part"]), stop_after_epoch=1, echo=_quiet)
     assert not part.finished
+    with pytest.raises(ConfigError, match="eval.select"):  # best.pt so far was chosen by Smeasure
+        train(None, resume=part.run_dir, overrides=["eval.select=MAE"], echo=_quiet)
     resumed = train(None, resume=part.run_dir, echo=_quiet)
     assert resumed.finished
     a = torch.load(whole.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
@@ -148,13 +150,14 @@ def _cod10k_tree(root: Path) -> Path:
     return root
 
 
-def test_cod10k_tree_with_a_timm_backbone(tmp_path: Path) -> None:
+def test_cod10k_tree_with_a_timm_backbone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The seed's setting, `task=segment data.root=COD10K-v3 model.backbone=timm:edgenext_*`, on a lookalike tree:
     CAM images only, test = the CAM test images, best.pt by validation S-measure, deep supervision."""
     pytest.importorskip("timm")
     root = _cod10k_tree(tmp_path / "COD10K-v3")
+    # the default streams become one rgb stream (COD10K has no other modality)
     config = build_config({}, ["task=segment", f"data.root={root}", "model.backbone=timm:edgenext_xx_small",
-                               "model.streams=[[rgb]]", "model.seg.size=64", "model.seg.deep_supervision=true",
+                               "model.seg.size=64", "model.seg.deep_supervision=true",
                                "model.seg.unet_channels=[32,24,16]", "model.seg.head_channels=16",
                                "data.split.val=0.25", "data.split.train=0.75", "data.split.test=0",
                                "train.epochs=1", "train.batch_size=4", "data.loader.num_workers=0",
@@ -168,6 +171,39 @@ def test_cod10k_tree_with_a_timm_backbone(tmp_path: Path) -> None:
     split = json.loads((result.run_dir / "split.json").read_text())["splits"]
     assert not set(split["val"]) & set(split["test"]) and all("NonCAM" not in s for v in split.values() for s in v)
     assert sorted(p.stem for p in (result.run_dir / "predictions_test").rglob("*.png")) == sorted(split["test"])
+    # on "another" COD10K tree, --data scores its test partition only, never its training images
+    assert main(["eval", str(result.run_dir), "--data", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+
+
+def test_sinet_pack_reports_each_test_set(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    root = tmp_path / "sinet"
+    folders = {"TrainDataset": [f"COD10K-CAM-1-Aquatic-1-Fish-{i:05d}" for i in range(6)],
+               "TestDataset/CAMO": ["camourflage_00001", "camourflage_00002"],
+               "TestDataset/CHAMELEON": ["animal-1", "animal-2", "animal-3"]}
+    for folder, stems in folders.items():
+        for stem in stems:
+            mask = _blob(32, 40, rng)
+            (root / folder / "Imgs").mkdir(parents=True, exist_ok=True)
+            (root / folder / "GT").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / folder / "Imgs" / f"{stem}.jpg"), rng.integers(0, 255, (32, 40, 3)).astype(np.uint8))
+            cv2.imwrite(str(root / folder / "GT" / f"{stem}.png"), mask)
+    config = build_config({}, [*TINY, f"data.root={root}", "train.epochs=1", "eval.plots=false", "eval.speed=false",
+                               "data.split.train=0.7", "data.split.val=0.3", "data.split.test=0",
+                               "model.seg.resize=keep_aspect",
+                               f"output.root={tmp_path / 'runs'}", "name=sinet"])
+    result = train(config, echo=_quiet)
+    final = json.loads((result.run_dir / "final_results.json").read_text())
+    assert set(final["results_per_set"]) == {"CAMO", "CHAMELEON"}
+    assert final["training"]["test_images"] == 5
+    table = (result.run_dir / "table_test.md").read_text()
+    assert "| metric | CAMO | CHAMELEON | all |" in table
+    maps = sorted(p.relative_to(result.run_dir / "predictions_test").as_posix()
+                  for p in (result.run_dir / "predictions_test").rglob("*.png"))
+    assert maps[0] == "CAMO/camourflage_00001.png" and len(maps) == 5
+    # keep_aspect: 40x32 frames padded for the model, maps back at 40x32
+    assert cv2.imread(str(result.run_dir / "predictions_test" / maps[0]), cv2.IMREAD_UNCHANGED).shape == (32, 40)
 
 
 def _mfnet_tree(root: Path) -> Path:
@@ -225,7 +261,6 @@ def test_bad_masks_stop_the_run_before_training(tmp_path: Path) -> None:
 def test_eval_select_picks_the_metric_and_its_direction() -> None:
     from types import SimpleNamespace
 
-    from crossattentiondet.config import ConfigError
     from crossattentiondet.tasks import get_task
 
     task = get_task("segment")

@@ -436,7 +436,7 @@ class ModelConfig(StrictModel):
     fusion: FusionConfig = FusionConfig()
     detector: DetectorConfig = DetectorConfig()
     seg: SegmentationConfig = SegmentationConfig()
-    num_classes: int | None = Field(default=None, ge=1)  # foreground classes; None: from the data
+    num_classes: int | None = Field(default=None, ge=1)  # detect: foreground classes; segment: incl. background; None: from the data
     zero_modalities: list[str] = []  # modalities replaced by zeros (after normalisation) in train and test
 
     @model_validator(mode="after")

@@ -71,6 +71,9 @@ def explain_frame(run: str | Path, frame: str | Path, out: str | Path | None = N
     from crossattentiondet.models.fusion import recording_internals
 
     model, config, checkpoint = load_model(run, overrides)
+    from crossattentiondet.tasks import detection_only
+
+    detection_only(config.task, "cadet explain")
     ckpt_path = Path(checkpoint["path"])
     encoder = model.backbone.encoder
     if not isinstance(encoder, DualStreamEncoder):

@@ -51,7 +51,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name, low in (("batch", 1), ("infer_batch", 1), ("steps", 1), ("warmup", 0), ("images", 1),
                       ("eval_images", 0), ("runs", 1)):
         _int_arg(name.replace("_", "-"), getattr(args, name), low)
+    from crossattentiondet.tasks import detection_only
+
     config = config_from_args(args)
+    detection_only(config.task, "cadet bench")
     report = bench(config, size, batch=args.batch, steps=args.steps, warmup=args.warmup, infer_batch=args.infer_batch,
                    images=args.images, eval_images=args.eval_images, runs=args.runs, infer=not args.no_infer)
     if args.json:

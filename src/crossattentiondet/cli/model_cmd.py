@@ -54,8 +54,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     from crossattentiondet.engine.modelinfo import model_info
+    from crossattentiondet.tasks import detection_only
 
     config = config_from_args(args)
+    detection_only(config.task, "cadet model-info")
     size = None if args.size.lower() == "none" else parse_size(args.size)
     info = model_info(config, size)
     if args.json:

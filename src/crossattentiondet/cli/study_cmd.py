@@ -254,17 +254,22 @@ def _submit(args: argparse.Namespace, spec: Any, settings: Any) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from crossattentiondet.studies.aggregate import run_metrics
+    from crossattentiondet.studies.aggregate import run_metrics, run_task
     from crossattentiondet.studies.plan import build_plan
 
     spec, settings = study_from_args(args)
     plan = build_plan(spec, settings)
     rows = []
+    names = set()
     for run in plan.runs():
         state = run.state()
         row = _run_json(plan, run, state)
         metrics = run_metrics(state.final) if state.final else {}
-        row.update({"epochs_done": state.epochs_done, "val_mAP": metrics.get("val_mAP"), "test_mAP": metrics.get("mAP"),
+        metric = run_task(state.final)[1] if state.final else "mAP"  # segmentation runs: Smeasure / mIoU
+        if state.final:
+            names.add(metric)
+        row.update({"epochs_done": state.epochs_done, "metric": metric, f"val_{metric}": metrics.get(f"val_{metric}"),
+                    f"test_{metric}": metrics.get(metric),
                     "error": (state.failed or {}).get("error"),
                     "held_by": state.lock.describe() if state.status == "running" and state.lock else None})
         rows.append(row)
@@ -272,11 +277,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     fmt = lambda v: "" if v is None or v != v else f"{v:.4f}"  # noqa: E731
+    shown = names.pop() if len(names) == 1 else "mAP"  # a study is one task: one primary metric
     table = [[r["run"], str(r["phase"]), "pending selection" if r["pending"] else r["status"],
-              str(r["epochs_done"]), fmt(r["val_mAP"]), fmt(r["test_mAP"]), (r["error"] or r["held_by"] or "")[:120]]
+              str(r["epochs_done"]), fmt(r.get(f"val_{shown}")), fmt(r.get(f"test_{shown}")),
+              (r["error"] or r["held_by"] or "")[:120]]
              for r in rows]
     print(f"study {spec.name} in {plan.study_dir}")
-    _print_table(["run", "phase", "status", "epochs", "val mAP", "test mAP", "note"], table)
+    _print_table(["run", "phase", "status", "epochs", f"val {shown}", f"test {shown}", "note"], table)
     print(_status_text([r["status"] for r in rows]) + f" (of {len(rows)} runs)")
     for index, why in plan.waiting.items():
         print(f"phase {index} ({spec.phases[index - 1].name}) is pending: {why}")

@@ -42,10 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     seed.add_argument("--output-dir", help="run directory (output.root = its parent, name = its name)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a trained checkpoint (COCO metrics, robustness, plots)",
+    p = sub.add_parser("eval", help="evaluate a trained checkpoint (COCO or segmentation metrics, robustness, plots)",
                        description="Evaluate a run's best.pt (or any checkpoint) on a split of its data, or on "
-                                   "another data set with --data.")
-    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+                                   "another data set with --data. With --pred MAPS_DIR --gt GT_DIR (no checkpoint): "
+                                   "score any method's saved segmentation maps against ground-truth masks with the "
+                                   "same metrics as segmentation runs.")
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?")
+    p.add_argument("--pred", metavar="MAPS_DIR", help="saved maps to score (matched to --gt by file stem)")
+    p.add_argument("--gt", metavar="GT_DIR", help="ground-truth masks for --pred (sub-folders: one test set each)")
+    p.add_argument("--classes", type=_positive_int, default=2,
+                   help="with --pred: number of classes incl. background (2: binary COD metrics; more: mIoU)")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default=None,
                    help="split to evaluate (default: test; with --data: all frames)")
     p.add_argument("--data", help="evaluate on this data set instead of the run's own")
@@ -230,8 +236,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run finished: {result.run_dir}")
         if result.test_metrics:
             m = result.test_metrics
-            print(f"test mAP {m.get('mAP', float('nan')):.4f}  mAP50 {m.get('mAP_50', float('nan')):.4f}  "
-                  f"(results: {result.run_dir / 'final_results.json'})")
+            keys = [k for k in ("mAP", "mAP_50", "Smeasure", "wFmeasure", "MAE", "mIoU", "pixel_acc") if k in m]
+            print("test " + "  ".join(f"{k} {m[k]:.4f}" for k in keys)
+                  + f"  (results: {result.run_dir / 'final_results.json'})")
     else:
         print(f"run stopped after epoch {result.state.epoch}: continue with `cadet train --resume {result.run_dir}`")
     return 0
@@ -240,6 +247,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from crossattentiondet.engine.inference import evaluate_checkpoint
 
+    if args.pred or args.gt:
+        return _eval_maps(args)
+    if args.checkpoint is None:
+        raise ConfigError("cadet eval needs a run directory or checkpoint (or --pred MAPS_DIR --gt GT_DIR)")
     split = args.split or ("all" if args.data else "test")
     summary = evaluate_checkpoint(args.checkpoint, split=split, data_root=args.data, out_dir=args.out,
                                   overrides=args.overrides, echo=(lambda _m: None) if args.json else print)
@@ -256,11 +267,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
         table.add_column(key)
     for key, value in summary["metrics"].items():
         table.add_row(key, "n/a" if value != value else f"{value:.4f}")
-    ci = (summary.get("bootstrap") or {}).get("ci95")
+    boot = summary.get("bootstrap") or {}
+    ci = boot.get("ci95")
     if ci and None not in ci:  # over test images (eval.bootstrap resamples), see bootstrap_<split>.json
-        table.add_row("mAP 95% CI", f"{ci[0]:.4f}-{ci[1]:.4f}")
+        table.add_row(f"{boot.get('metric', 'mAP')} 95% CI", f"{ci[0]:.4f}-{ci[1]:.4f}")
     Console().print(table)
     print(f"written to {summary['out_dir']}")
+    return 0
+
+
+def _eval_maps(args: argparse.Namespace) -> int:
+    """``cadet eval --pred MAPS --gt GT``: saved maps of any method, scored like a segmentation run."""
+    from crossattentiondet.segmentation.maps import evaluate_map_folders
+
+    if not (args.pred and args.gt):
+        raise ConfigError("--pred and --gt go together: cadet eval --pred MAPS_DIR --gt GT_DIR")
+    if args.checkpoint or args.data or args.split or args.overrides:
+        raise ConfigError("--pred/--gt score saved maps: give no checkpoint, --data, --split or overrides with them")
+    result = evaluate_map_folders(Path(args.pred), Path(args.gt), num_classes=args.classes)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    print(f"{args.pred} vs {args.gt}: {result.images} images")
+    columns = {**result.per_set, "all": result.metrics} if result.per_set else {"all": result.metrics}
+    table = Table()
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name)
+    for key in result.metrics:
+        table.add_row(key, *("n/a" if c.get(key) != c.get(key) else f"{c[key]:.4f}" for c in columns.values()))
+    Console().print(table)
     return 0
 
 
@@ -286,19 +325,27 @@ def _positive_int(text: str) -> int:
 
 
 def register_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="synthesise data, train the fused detector and every single modality, rank them",
+    p = sub.add_parser("demo", help="synthesise data, train the fused model and every single modality, rank them",
                        description="The whole product in a few CPU minutes: synthetic RGB + thermal + event scenes, "
                                    "a fused detector, early fusion and each modality alone trained the same way, "
-                                   "evaluated on several hundred test frames with bootstrap intervals, REPORT.md.")
-    p.add_argument("--out", default="cadet_demo", help="output folder (default ./cadet_demo)")
+                                   "evaluated on several hundred test frames with bootstrap intervals, REPORT.md. "
+                                   "--task segment does the same for camouflaged-object segmentation on synthetic "
+                                   "RGB + thermal scenes (fused, early fusion, RGB only, thermal only).")
+    p.add_argument("--task", choices=("detect", "segment"), default="detect",
+                   help="detect (default: boxes, ranked by test mAP) or segment (camouflaged objects, ranked by "
+                        "test S-measure)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default ./cadet_demo, or ./cadet_demo_segment with --task segment)")
     p.add_argument("--seeds", type=_positive_int, default=1,
                    help="training seeds per model (default 1; more make the intervals cover seed spread too)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="changes to the demo preset, e.g. train.epochs=4")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="changes to the demo's settings, e.g. train.epochs=4 (detect: preset:demo; segment: "
+                        "crossattentiondet.demo.SEGMENT_DEMO)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from crossattentiondet.demo import run_demo
 
-    run_demo(args.out, overrides=args.overrides, seeds=args.seeds)
+    run_demo(args.out, overrides=args.overrides, seeds=args.seeds, task=args.task)
     return 0

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from crossattentiondet.config import ConfigError, ExperimentConfig, ModalityConfig
+from crossattentiondet.config import ConfigError, ExperimentConfig, ModalityConfig, ModelConfig
 from crossattentiondet.data.checks import CheckReport, check_dataset
 from crossattentiondet.data.sample import Sample, to_model_input
 from crossattentiondet.data.source import DataSource, open_source
@@ -483,7 +483,10 @@ def _resolve_config(config: ExperimentConfig, source: DataSource, scales: dict[s
     names = set(scales)
     streams = [[m for m in stream if m in names] for stream in config.model.streams]
     if streams != config.model.streams:
-        if any(not s for s in streams):
+        if any(not s for s in streams) and config.model.streams == ModelConfig.model_fields["streams"].default:
+            # the default two streams on a one-modality data set (COD10K: rgb only): one stream of what is there
+            streams = [s for s in streams if s]
+        if not streams or any(not s for s in streams):
             raise ConfigError(f"model.streams {config.model.streams} need modalities this data set lacks "
                               f"(it has {sorted(names)}); set model.streams")
         log(f"data: model.streams {config.model.streams} -> {streams} (modalities of this data set)")

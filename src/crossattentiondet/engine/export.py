@@ -130,6 +130,9 @@ def export_model(run_or_checkpoint: str | Path, format: str, *, out: str | Path 
         raise ConfigError(f"--size {size}: width and height must be at least 32 pixels")
 
     model, config, checkpoint = load_model(run_or_checkpoint, overrides)
+    from crossattentiondet.tasks import detection_only
+
+    detection_only(config.task, "cadet export")
     checkpoint_path = Path(checkpoint["path"])
     run_dir = run_dir_of(checkpoint_path)
     target = ensure_writable_file(Path(out) if out is not None else run_dir / "export" / f"model{SUFFIX[format]}",

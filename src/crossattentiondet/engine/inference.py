@@ -75,6 +75,14 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_root: str
     data = task.prepare_data(build_config(tree, overrides), split_run_dir, log=echo)
     if data_root is not None:
         _compare_inputs(checkpoint, data, echo)
+    if split == "all" and task.name == "segment":
+        # a data set with its own test partition (COD10K Test/, the sinet TestDataset/) is scored on that
+        # only: "all" would count its training images as test images
+        partitioned = [s for s in data.splits["test"] if data.source.items[s].partition == "test"]
+        if partitioned and len(partitioned) < len(data.splits["test"]):
+            echo(f"data: {data.root} has its own test partition: evaluating its {len(partitioned)} test images "
+                 f"(not its {len(data.splits['test']) - len(partitioned)} training images)")
+            data.splits["test"] = partitioned
     model, config, _ = load_model(ckpt_path, None, config_to_dict(data.resolved_config))
     used_split = "test" if split == "all" else split
     if not data.splits.get(used_split):

@@ -200,14 +200,19 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
                    "num_classes": data.num_classes, "class_names": data.class_names,
                    **{k: speed[k] for k in ("params", "size_mb", "backbone_gflops", "detector_gflops", "backbone_gmacs",
                                             "detector_gmacs", "flops_convention", "eval_size") if k in speed}}
+    select = config.eval.select or "mAP"
+    best = None if not math.isfinite(state.best_metric) else state.best_metric
     training = {"epochs": state.epoch, "best_epoch": state.best_epoch,
-                "best_val_mAP": None if not math.isfinite(state.best_metric) else state.best_metric,
+                # the best validation value of the metric that chose best.pt (eval.select, default mAP)
+                **({"best_val_mAP": best} if select == "mAP" else {"best_val_metric": best}), "select": select,
                 "skipped_updates": state.skipped_total, "stopped_early": state.stopped_early,
                 "train_time_s": round(state.train_time_s, 1), "train_images": len(data.splits["train"]),
                 "val_images": len(data.splits.get("val", [])), "test_images": len(data.splits.get(split, []))}
     metrics = summary["metrics"]
     final = {
         "experiment_id": config.name,
+        "task": "detect",
+        "primary_metric": "mAP",
         "config": config_to_dict(config),
         "results": {**{k: metrics.get(k) for k in ORIGINAL_RESULT_KEYS}, **metrics,
                     "mAP_ci95": summary.get("bootstrap", {}).get("ci95")},

@@ -66,6 +66,8 @@ from crossattentiondet.io import remove_stale_temp_files
 # keys that may change when a run is resumed (they do not change what is being trained)
 RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.find_unused_parameters", "train.log_every", "train.iteration_csv", "data.loader.",
                      "output.", "eval.")
+# ...except these: the best score so far was measured with the run's own selection metric
+FIXED_ON_RESUME = ("eval.select",)
 
 
 @dataclass
@@ -563,7 +565,8 @@ def _config_for_resume(checkpoint: dict[str, Any], requested: ExperimentConfig |
     changed = diff_configs(saved, requested)
     resolved = _flatten(checkpoint["config"])
     requested_flat = _flatten(config_to_dict(requested))
-    blocked = {k: v for k, v in changed.items() if k != "name" and not k.startswith(RESUMABLE_CHANGES)
+    blocked = {k: v for k, v in changed.items() if k != "name"
+               and (not k.startswith(RESUMABLE_CHANGES) or k in FIXED_ON_RESUME)
                and not _same_as_resolved(k, requested_flat, resolved)}
     if blocked:
         details = ", ".join(f"{k}={v!r}" for k, v in list(blocked.items())[:5])

@@ -303,6 +303,10 @@ def prepare_seg_data(config: ExperimentConfig, run_dir: Path | None = None, log:
     usable = [s for s in source.items if s not in bad]
     if not usable:
         raise DataError(f"{root}: no usable frames")
+    wanted = config.model.num_classes
+    if wanted is not None and wanted != len(source.class_names):
+        raise ConfigError(f"model.num_classes={wanted}, but {root} has {len(source.class_names)} classes "
+                          f"{source.class_names} (segmentation counts the background); leave it unset")
     splits = _make_or_reuse_split(config, source, usable, run_dir, log)
     resolved = _resolve_config(config, source, report.scales, source.class_names, log)
     counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())

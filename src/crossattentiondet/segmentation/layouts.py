@@ -825,7 +825,15 @@ def _divide(source: SegSource, stems: list[str], split: SplitConfig, filed: set[
             pool.append(stem)
     shares = {n: (0.0 if n in filed else float(getattr(split, n))) for n in SPLITS if n not in fixed}
     groups = {s: source.items[s].group for s in pool}
-    for name, part in stratified_split(pool, groups, shares, rng).items():
+    if pool and not any(groups.values()):
+        # no sub-classes to stratify by (folders, synthetic scenes, videos): neighbouring frames of one
+        # sequence look alike, so whole sequences go to one side (data.split.group_by, as for detection)
+        from crossattentiondet.data.splits import _assign_groups, group_stems
+
+        placed = _assign_groups(group_stems(pool, split.group_by), shares, int(rng.integers(2**31)))
+    else:
+        placed = stratified_split(pool, groups, shares, rng)
+    for name, part in placed.items():
         out[name] += part
     return {n: sorted(v) for n, v in out.items()}
 
@@ -838,7 +846,8 @@ def seg_splits(source: SegSource, split: SplitConfig, stems: list[str], seed: in
       the test split, and an explicit val partition (MFNet val.txt) the val split, as they are.
     * Splits the data set does not fix are carved from its training partition (or from all frames when it
       has none) by the ratios of the remaining splits (val = split.val / (split.train + split.val) of the
-      training images when the test split is fixed), stratified by sub-class group, seeded. Never from test.
+      training images when the test split is fixed), stratified by sub-class group (COD10K names), seeded;
+      without sub-classes whole sequences (``data.split.group_by``) go to one side. Never from test.
     * Split files (``split.train_file`` ...) list stems (sinet: ``CAMO/name``) and override; splits without a
       file share the unlisted frames as above. A file putting test-partition frames into train or val is a
       DataError (that is the leak this function exists to prevent).

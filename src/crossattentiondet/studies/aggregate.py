@@ -7,7 +7,17 @@ p-value, and a flag ``distinguishable_from_noise`` that is "no" when p >= 0.05 o
 2 runs. Holm's correction over all configurations is added for mAP, since a study makes many comparisons at
 once; the report's verdict uses the Holm p-value.
 
-Test-set sampling (mAP only). A run may leave ``bootstrap_test.json``: ``n_boot`` bootstrap replicates of
+Tasks. A study compares runs of one task; its metrics are the runs' (:class:`TaskMetrics`, from
+final_results.json ``task`` and ``primary_metric``; older runs without them are detection runs scored by
+mAP). Everything said here of mAP holds for the study's primary metric: detection mAP, segmentation
+S-measure (binary, COD) or mIoU (semantic). Its columns carry its name (``Smeasure_p_holm``,
+``val_Smeasure``, ...); a study whose runs disagree on the task or the primary metric is an error.
+Segmentation studies have the test metrics of the task (:data:`COD_TEST_METRICS` or
+:data:`SEMANTIC_TEST_METRICS`), the whole model's FLOPs as ``model_gflops``, and with several test sets
+(``results_per_set``, e.g. CAMO, COD10K, CHAMELEON, NC4K) one ``<set>_<primary>`` column per set. Metrics
+where smaller is better (MAE, and what a run's ``lower_is_better`` lists) are ranked that way.
+
+Test-set sampling (the primary metric only). A run may leave ``bootstrap_test.json``: ``n_boot`` bootstrap replicates of
 its test mAP, resampling test images with resamples that are a deterministic function of the test set's
 image ids (``image_ids_hash``), so replicate b of two runs on one test set used the same images. The
 seed-mean's replicate b is ``rep_b = mean over the configuration's runs of samples_r[b]`` and
@@ -62,11 +72,19 @@ from crossattentiondet.io import atomic_write_text
 from crossattentiondet.studies.plan import Configuration, PlannedRun, StudyPlan
 from crossattentiondet.studies.state import RunState
 
+# detection's columns (the module constants are detection's; a study uses its TaskMetrics, see below)
 TEST_METRICS = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large", "mAR_100")
 VAL_METRICS = ("val_mAP", "val_mAP_50")
 ACCURACY_METRICS = TEST_METRICS + VAL_METRICS
 COST_METRICS = ("params_M", "backbone_gflops", "detector_gflops", "latency_ms", "time_hr")
 ALL_METRICS = ACCURACY_METRICS + COST_METRICS
+# segmentation: the columns COD papers print (binary), mIoU and pixel accuracy (semantic)
+COD_TEST_METRICS = ("Smeasure", "meanEm", "maxEm", "adpEm", "wFmeasure", "MAE", "maxFm", "meanFm", "adpFm", "IoU",
+                    "Dice")
+SEMANTIC_TEST_METRICS = ("mIoU", "pixel_acc")
+SEGMENT_COST_METRICS = ("params_M", "backbone_gflops", "model_gflops", "latency_ms", "time_hr")
+# metrics where smaller is better, whatever a run's final_results.json "lower_is_better" adds
+LOWER_IS_BETTER = frozenset({"MAE"})
 ALPHA = 0.05
 # smallest mAP difference (COCO metrics are 0..1) read as a difference when nothing varies and so nothing can
 # be tested: below it two constant results are the same; above it they differ, untested
@@ -78,6 +96,141 @@ ORIGINAL_COLUMN_NAMES = {
     "model.fusion.gaff.inter_shared": "inter_shared", "model.fusion.gaff.merge_bottleneck": "merge_bottleneck",
     "model.fusion.type": "fusion", "model.streams": "streams", "model.backbone": "backbone",
 }
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """The metrics of one study's task: what its tables, tests and plots are about.
+
+    ``test`` are keys of final_results.json ``results`` (columns of the same name), ``val`` keys of its
+    ``validation`` (columns ``val_<key>``), ``sets`` the test sets of ``results_per_set`` whose primary
+    metric gets a column ``<set>_<primary>`` (only with 2 or more sets), ``cost`` the model-size and time
+    columns."""
+
+    task: str
+    primary: str
+    test: tuple[str, ...]
+    val: tuple[str, ...]
+    cost: tuple[str, ...]
+    lower_is_better: frozenset[str] = frozenset()
+    sets: tuple[str, ...] = ()
+
+    @property
+    def val_columns(self) -> tuple[str, ...]:
+        return tuple(f"val_{k}" for k in self.val)
+
+    @property
+    def val_primary(self) -> str:
+        """The validation column of the primary metric (``val_mAP``)."""
+        return f"val_{self.primary}"
+
+    @property
+    def set_columns(self) -> tuple[str, ...]:
+        return tuple(self.set_column(s) for s in self.sets)
+
+    def set_column(self, name: str) -> str:
+        """The column of the primary metric on test set ``name`` (``CAMO_Smeasure``)."""
+        return f"{name}_{self.primary}"
+
+    @property
+    def accuracy(self) -> tuple[str, ...]:
+        return self.test + self.val_columns + self.set_columns
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.accuracy + self.cost
+
+    @property
+    def gflops(self) -> str:
+        """The whole model's FLOPs column (``detector_gflops`` for detection)."""
+        return "detector_gflops" if "detector_gflops" in self.cost else "model_gflops"
+
+    def lower_better(self, metric: str) -> bool:
+        """Whether smaller values of ``metric`` (a result key or a ``val_``/set column) are better."""
+        for prefix in ("val_", *(f"{s}_" for s in self.sets)):
+            if metric.startswith(prefix) and metric.removeprefix(prefix) in self.test + self.val:
+                metric = metric.removeprefix(prefix)
+                break
+        return metric in self.lower_is_better
+
+
+DETECT_METRICS = TaskMetrics("detect", "mAP", TEST_METRICS, ("mAP", "mAP_50"), COST_METRICS)
+
+
+def task_metrics(task: str = "detect", primary: str | None = None, lower_is_better: Any = (),
+                 sets: Any = ()) -> TaskMetrics:
+    """The :class:`TaskMetrics` of ``task`` scored by ``primary`` (None: the task's usual one: mAP, Smeasure).
+
+    ``lower_is_better``: metric names the runs say are minimised (added to :data:`LOWER_IS_BETTER` for
+    segmentation); ``sets``: the test sets of ``results_per_set``. Segmentation whose primary metric is a COD
+    one (or None) is binary, else semantic (mIoU, pixel_acc); the primary metric comes first."""
+    named = frozenset(str(m) for m in lower_is_better or ())
+    if task == "detect":
+        primary = primary or "mAP"
+        if primary == "mAP" and not named:
+            return DETECT_METRICS
+        test = (primary, *(m for m in TEST_METRICS if m != primary))
+        val = ("mAP", "mAP_50") if primary == "mAP" else (primary, "mAP")
+        return TaskMetrics("detect", primary, test, val, COST_METRICS, named)
+    primary = primary or "Smeasure"
+    binary = primary in COD_TEST_METRICS
+    usual = COD_TEST_METRICS if binary else SEMANTIC_TEST_METRICS
+    test = (primary, *(m for m in usual if m != primary))
+    second = "MAE" if binary else "pixel_acc"
+    val = (primary,) if primary == second else (primary, second)
+    sets = tuple(str(s) for s in sets or ())
+    return TaskMetrics(task, primary, test, val, SEGMENT_COST_METRICS, LOWER_IS_BETTER | named,
+                       sets if len(sets) > 1 else ())
+
+
+def run_task(final: dict[str, Any]) -> tuple[str, str]:
+    """(task, primary metric) of a run's final_results.json; runs from before tasks existed are (detect, mAP)."""
+    task = str(final.get("task") or "detect")
+    primary = final.get("primary_metric")
+    if not primary:
+        results = final.get("results") or {}
+        primary = "mAP" if task == "detect" else "Smeasure" if "Smeasure" in results or "mIoU" not in results else "mIoU"
+    return task, str(primary)
+
+
+def _configured_task(config: Any) -> tuple[str, str]:
+    """(task, primary metric) a configuration will have, before any run says so (segmentation: binary unless the
+    data are semantic, as far as the config tells)."""
+    task = getattr(config, "task", "detect")
+    if task == "detect":
+        return "detect", "mAP"
+    semantic = (config.data.layout == "mfnet" or (config.model.num_classes or 2) > 2
+                or len(config.data.names or []) > 2)
+    return task, "mIoU" if semantic else "Smeasure"
+
+
+def study_metrics(plan: StudyPlan, finals: list[tuple[str, dict[str, Any]]]) -> TaskMetrics:
+    """The metrics of a study from its finished runs' final_results.json (``finals``: (run key, contents)),
+    or from its configurations while no run has finished. One study, one task: runs (or configurations) of
+    different tasks or primary metrics are a :class:`ConfigError` naming one of each."""
+    from crossattentiondet.config import ConfigError
+
+    seen: dict[tuple[str, str], str] = {}
+    lower: set[str] = set()
+    sets: list[str] = []
+    for key, final in finals:
+        seen.setdefault(run_task(final), key)
+        lower.update(str(m) for m in final.get("lower_is_better") or ())
+        for name in final.get("results_per_set") or {}:
+            if name not in sets:
+                sets.append(str(name))
+    what = "runs"
+    if not seen:
+        what = "configurations"
+        for c in plan.configurations:
+            if c.config is not None:
+                seen.setdefault(_configured_task(c.config), c.id)
+    if len(seen) > 1:
+        listed = ", ".join(f"{key}: {task} ({primary})" for (task, primary), key in seen.items())
+        raise ConfigError(f"study {plan.study_dir}: its {what} are of different tasks or primary metrics ({listed}); "
+                          "a study compares runs of one task: put the others in a study of their own")
+    task, primary = next(iter(seen)) if seen else ("detect", "mAP")
+    return task_metrics(task, primary, lower, sets)
 
 
 @dataclass
@@ -142,7 +295,7 @@ class RunRecord:
     run: PlannedRun
     state: RunState
     metrics: dict[str, float]
-    bootstrap: BootstrapResult | None = None  # of test mAP; None: no usable bootstrap_test.json
+    bootstrap: BootstrapResult | None = None  # of the primary test metric; None: no usable bootstrap_test.json
 
 
 @dataclass
@@ -151,18 +304,30 @@ class ConfigResult:
 
     configuration: Configuration
     records: list[RunRecord]
-    stats: dict[str, Stats] = field(default_factory=dict)  # mAP: seed + test-sampling CI where available
+    # the primary metric's: seed + test-sampling CI where available
+    stats: dict[str, Stats] = field(default_factory=dict)
     vs_baseline: dict[str, Comparison] = field(default_factory=dict)
-    mAP_p_holm: float = math.nan
-    mAP_seed: Stats | None = None  # seed-only statistics of mAP
+    primary_p_holm: float = math.nan  # Holm-corrected p of the primary metric against the baseline
+    primary_seed: Stats | None = None  # seed-only statistics of the primary metric
     test_sampling: MeanBootstrap | None = None  # None: some finished run has no bootstrap_test.json
     test_sampling_note: str = ""  # why test sampling is not included
+    primary: str = "mAP"  # the study's primary test metric
 
     @property
     def n(self) -> int:
         return sum(1 for r in self.records if r.state.status == "finished")
 
-    def finished_records(self, metric: str = "mAP") -> list[RunRecord]:
+    @property
+    def mAP_p_holm(self) -> float:  # noqa: N802 (the name detection studies have always used)
+        return self.primary_p_holm
+
+    @property
+    def mAP_seed(self) -> Stats | None:  # noqa: N802
+        return self.primary_seed
+
+    def finished_records(self, metric: str | None = None) -> list[RunRecord]:
+        """Finished runs with a finite ``metric`` (None: the primary one)."""
+        metric = metric or self.primary
         return [r for r in self.records
                 if r.state.status == "finished" and math.isfinite(r.metrics.get(metric, math.nan))]
 
@@ -179,7 +344,8 @@ class StudyResults:
     configs: list[ConfigResult]
     baseline: ConfigResult | None
     varied_keys: list[str]
-    holm_comparisons: int = 0  # finite mAP p-values Holm's correction is over
+    holm_comparisons: int = 0  # finite p-values of the primary metric Holm's correction is over
+    metrics: TaskMetrics = DETECT_METRICS
 
     def config(self, config_id: str) -> ConfigResult:
         for c in self.configs:
@@ -299,38 +465,59 @@ def _number(value: Any) -> float:
     return out if math.isfinite(out) else math.nan
 
 
-def run_metrics(final: dict[str, Any] | None) -> dict[str, float]:
-    """The study metrics of one run from its final_results.json (NaN for what it lacks)."""
+# where a run's whole-model FLOPs may be (detection writes detector_gflops)
+_MODEL_GFLOPS_KEYS = ("model_gflops", "gflops", "segmenter_gflops", "detector_gflops")
+
+
+def _first(sources: list[dict[str, Any]], keys: tuple[str, ...]) -> Any:
+    for source in sources:
+        for key in keys:
+            if source.get(key) is not None:
+                return source[key]
+    return None
+
+
+def run_metrics(final: dict[str, Any] | None, metrics: TaskMetrics | None = None) -> dict[str, float]:
+    """The study metrics of one run from its final_results.json (NaN for what it lacks). ``metrics``: the
+    study's; None: the run's own task and primary metric (detection's for runs that name none)."""
+    if metrics is None:
+        metrics = task_metrics(*run_task(final)) if final is not None else DETECT_METRICS
     if final is None:
-        return dict.fromkeys(ALL_METRICS, math.nan)
+        return dict.fromkeys(metrics.all, math.nan)
     results = final.get("results") or {}
     validation = final.get("validation") or {}
     model = final.get("model") or {}
     speed = final.get("speed") or {}
     training = final.get("training") or {}
-    out = {k: _number(results.get(k)) for k in TEST_METRICS}
-    out["val_mAP"] = _number(validation.get("mAP"))
-    out["val_mAP_50"] = _number(validation.get("mAP_50"))
+    out = {k: _number(results.get(k)) for k in metrics.test}
+    for key in metrics.val:
+        out[f"val_{key}"] = _number(validation.get(key))
+    per_set = final.get("results_per_set") or {}
+    for name in metrics.sets:
+        out[metrics.set_column(name)] = _number((per_set.get(name) or {}).get(metrics.primary))
     params = model.get("params", speed.get("params"))
     out["params_M"] = _number(params) / 1e6
     out["backbone_gflops"] = _number(model.get("backbone_gflops", speed.get("backbone_gflops")))
-    out["detector_gflops"] = _number(model.get("detector_gflops", speed.get("detector_gflops")))
+    if metrics.gflops == "detector_gflops":
+        out["detector_gflops"] = _number(model.get("detector_gflops", speed.get("detector_gflops")))
+    else:
+        out[metrics.gflops] = _number(_first([model, speed], _MODEL_GFLOPS_KEYS))
     out["latency_ms"] = _number(speed.get("latency_ms_per_image"))
     out["time_hr"] = _number(training.get("train_time_s")) / 3600
     return out
 
 
-def usable_bootstrap(run_dir: Path | None) -> BootstrapResult | None:
-    """A run's test-set bootstrap of mAP (``bootstrap_test.json``), or None when it has none or it is unusable
-    (unreadable, another metric, fewer than 2 finite replicates). NaN replicates (a resample without ground
-    truth) stay in place: replicate b must line up across runs."""
+def usable_bootstrap(run_dir: Path | None, metric: str = "mAP") -> BootstrapResult | None:
+    """A run's test-set bootstrap of ``metric`` (``bootstrap_test.json``), or None when it has none or it is
+    unusable (unreadable, another metric, fewer than 2 finite replicates). NaN replicates (a resample without
+    ground truth) stay in place: replicate b must line up across runs."""
     if run_dir is None or not (Path(run_dir) / BOOTSTRAP_FILE).is_file():
         return None
     try:
         result = load_run_bootstrap(Path(run_dir))
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    if result is None or result.metric != "mAP" or np.isfinite(result.samples).sum() < 2:
+    if result is None or result.metric != metric or np.isfinite(result.samples).sum() < 2:
         return None
     return result
 
@@ -370,23 +557,27 @@ def collect(plan: StudyPlan) -> StudyResults:
     runs_of: dict[str, list[PlannedRun]] = {}
     for run in plan.runs():
         runs_of.setdefault(run.config_id, []).append(run)
+    states = {run.key: run.state() for c in plan.configurations if not c.pending for run in runs_of[c.id]}
+    metrics = study_metrics(plan, [(key, state.final) for key, state in states.items()
+                                   if state.status == "finished" and state.final is not None])
+    primary = metrics.primary
     for configuration in plan.configurations:
         if configuration.pending:
             continue
         mine = []
         for run in runs_of[configuration.id]:
-            state = run.state()
+            state = states[run.key]
             finished = state.status == "finished"
-            mine.append(RunRecord(run, state, run_metrics(state.final if finished else None),
-                                  usable_bootstrap(run.run_dir) if finished else None))
+            mine.append(RunRecord(run, state, run_metrics(state.final if finished else None, metrics),
+                                  usable_bootstrap(run.run_dir, primary) if finished else None))
         records.extend(mine)
-        result = ConfigResult(configuration, mine)
-        result.stats = {m: describe(result.values(m)) for m in ALL_METRICS}
-        result.mAP_seed = result.stats["mAP"]
-        used = result.finished_records("mAP")
+        result = ConfigResult(configuration, mine, primary=primary)
+        result.stats = {m: describe(result.values(m)) for m in metrics.all}
+        result.primary_seed = result.stats[primary]
+        used = result.finished_records(primary)
         result.test_sampling = mean_bootstrap(used)
         if result.test_sampling is not None:
-            result.stats["mAP"] = describe_combined(result.values("mAP"), result.test_sampling.var)
+            result.stats[primary] = describe_combined(result.values(primary), result.test_sampling.var)
         elif used:
             lacking = sum(1 for r in used if r.bootstrap is None)
             result.test_sampling_note = f"no {BOOTSTRAP_FILE} in {lacking} of {len(used)} runs"
@@ -397,15 +588,15 @@ def collect(plan: StudyPlan) -> StudyResults:
         for c in configs:
             if c is baseline:
                 continue
-            c.vs_baseline = {m: welch(c.values(m), baseline.values(m)) for m in ACCURACY_METRICS}
+            c.vs_baseline = {m: welch(c.values(m), baseline.values(m)) for m in metrics.accuracy}
             if c.test_sampling is not None and baseline.test_sampling is not None:
                 boot_var, paired = difference_boot_var(c.test_sampling, baseline.test_sampling)
-                c.vs_baseline["mAP"] = welch(c.values("mAP"), baseline.values("mAP"), boot_var, paired=paired)
+                c.vs_baseline[primary] = welch(c.values(primary), baseline.values(primary), boot_var, paired=paired)
         others = [c for c in configs if c is not baseline]
-        p_values = [c.vs_baseline["mAP"].p_value for c in others]
+        p_values = [c.vs_baseline[primary].p_value for c in others]
         holm_m = sum(1 for p in p_values if math.isfinite(p))
         for c, p in zip(others, holm(p_values)):
-            c.mAP_p_holm = p
+            c.primary_p_holm = p
     varied: list[str] = []
     for c in plan.configurations:
         for key in c.changes:
@@ -419,18 +610,19 @@ def collect(plan: StudyPlan) -> StudyResults:
     for key in ORIGINAL_COLUMN_NAMES:
         if key.startswith(f"model.fusion.{fusion}.") and key not in varied:
             varied.append(key)
-    return StudyResults(plan, records, configs, baseline, varied, holm_m)
+    return StudyResults(plan, records, configs, baseline, varied, holm_m, metrics)
 
 
 # ---------------------------------------------------------------------------------------------- verdict
-def mAP_verdict(c: ConfigResult, results: StudyResults) -> str:
-    """The plain-words verdict on a configuration's mAP against the baseline (Holm-corrected p)."""
+def verdict(c: ConfigResult, results: StudyResults) -> str:
+    """The plain-words verdict on a configuration's primary metric against the baseline (Holm-corrected p);
+    "better" follows the metric's direction."""
     baseline = results.baseline
     if baseline is None:
         return "no baseline"
     if c is baseline:
         return "(baseline)"
-    comp = c.vs_baseline.get("mAP")
+    comp = c.vs_baseline.get(results.metrics.primary)
     if comp is None or not math.isfinite(comp.diff):
         return "no results"
     if c.n < 2 or baseline.n < 2:
@@ -440,11 +632,15 @@ def mAP_verdict(c: ConfigResult, results: StudyResults) -> str:
         return ("no variance: differs by more than the resolution, untested" if comp.beyond_resolution
                 else "no variance: cannot test")
     noise = "seed and test-set noise" if comp.test_sampling else "seed noise"
-    if math.isfinite(c.mAP_p_holm) and c.mAP_p_holm < ALPHA:
-        return "yes: " + ("better" if comp.diff > 0 else "worse") + " than the baseline"
+    if math.isfinite(c.primary_p_holm) and c.primary_p_holm < ALPHA:
+        better = comp.diff < 0 if results.metrics.lower_better(results.metrics.primary) else comp.diff > 0
+        return "yes: " + ("better" if better else "worse") + " than the baseline"
     if comp.distinguishable:
         return f"no: within {noise} after Holm correction (uncorrected p < {ALPHA})"
     return f"no: within {noise}"
+
+
+mAP_verdict = verdict  # the name detection studies have always used
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -502,19 +698,26 @@ def _run_row(results: StudyResults, record: RunRecord) -> dict[str, Any]:
     for key in results.varied_keys:
         row[column_name(key)] = _config_value(configuration, key)
     row.update(record.metrics)
+    p = results.metrics.primary
     if record.state.status == "finished":
-        row["mAP_test_sampling"] = "yes" if record.bootstrap is not None else "no"
-        row["mAP_boot_std"] = record.bootstrap.std if record.bootstrap is not None else math.nan
+        row[f"{p}_test_sampling"] = "yes" if record.bootstrap is not None else "no"
+        row[f"{p}_boot_std"] = record.bootstrap.std if record.bootstrap is not None else math.nan
     return row
 
 
 def summary_all_rows(results: StudyResults) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows and columns of summary_all_experiments.csv (one per run, original columns first)."""
     varied = [column_name(k) for k in results.varied_keys if column_name(k) != "backbone"]
-    columns = ["exp_id", "seed", *varied, "backbone", "epochs", "mAP", "mAP_50", "mAP_75", "mAP_small",
-               "mAP_medium", "mAP_large", "params_M", "time_hr", "status", "phase", "phase_name", "parent",
-               "val_mAP", "val_mAP_50", "mAR_100", "backbone_gflops", "detector_gflops", "latency_ms", "best_epoch",
-               "split_seed", "error", "run_dir"]
+    m = results.metrics
+    if m.task == "detect" and m.primary == "mAP":
+        columns = ["exp_id", "seed", *varied, "backbone", "epochs", "mAP", "mAP_50", "mAP_75", "mAP_small",
+                   "mAP_medium", "mAP_large", "params_M", "time_hr", "status", "phase", "phase_name", "parent",
+                   "val_mAP", "val_mAP_50", "mAR_100", "backbone_gflops", "detector_gflops", "latency_ms",
+                   "best_epoch", "split_seed", "error", "run_dir"]
+    else:  # the same order: identity, test metrics, size and time, status, validation, the rest
+        columns = ["exp_id", "seed", *varied, "backbone", "epochs", *m.test, "params_M", "time_hr", "status", "phase",
+                   "phase_name", "parent", *m.val_columns, *m.set_columns, "backbone_gflops", m.gflops, "latency_ms",
+                   "best_epoch", "split_seed", "error", "run_dir"]
     return [_run_row(results, r) for r in results.records], columns
 
 
@@ -524,14 +727,15 @@ def summary_rows(results: StudyResults) -> tuple[list[dict[str, Any]], list[str]
     original = [c for c in ("backbone", "epochs", "best_epoch") if c not in varied]  # of summary_all_experiments.csv
     columns = ["row", "exp_id", "seed", "split_seed", "phase", "phase_name", "parent", "status", "n", *varied,
                *original, "changes"]
-    for metric in ALL_METRICS:
+    p = results.metrics.primary
+    for metric in results.metrics.all:
         columns += [metric, f"{metric}_std", f"{metric}_ci95_low", f"{metric}_ci95_high"]
-        if metric in ACCURACY_METRICS:
+        if metric in results.metrics.accuracy:
             columns += [f"{metric}_diff", f"{metric}_diff_ci95_low", f"{metric}_diff_ci95_high", f"{metric}_p_value",
                         f"{metric}_distinguishable_from_noise"]
-        if metric == "mAP":
-            columns += ["mAP_p_holm", "mAP_holm_comparisons", "mAP_verdict", "mAP_test_sampling", "mAP_boot_std",
-                        "mAP_seed_ci95_low", "mAP_seed_ci95_high", "mAP_seed_p_value", "mAP_diff_paired"]
+        if metric == p:
+            columns += [f"{p}_p_holm", f"{p}_holm_comparisons", f"{p}_verdict", f"{p}_test_sampling", f"{p}_boot_std",
+                        f"{p}_seed_ci95_low", f"{p}_seed_ci95_high", f"{p}_seed_p_value", f"{p}_diff_paired"]
     columns += ["error", "run_dir"]
     rows = []
     for record in results.records:
@@ -555,20 +759,20 @@ def summary_rows(results: StudyResults) -> tuple[list[dict[str, Any]], list[str]
                         f"{metric}_diff_ci95_high": comp.ci_high, f"{metric}_p_value": comp.p_value,
                         f"{metric}_distinguishable_from_noise": "yes" if comp.distinguishable else "no"})
         if configuration.id == baseline_id:
-            row["mAP_distinguishable_from_noise"] = "baseline"
-        row["mAP_p_holm"] = c.mAP_p_holm
+            row[f"{p}_distinguishable_from_noise"] = "baseline"
+        row[f"{p}_p_holm"] = c.primary_p_holm
         if results.baseline is not None:
-            row["mAP_holm_comparisons"] = results.holm_comparisons
-        row["mAP_verdict"] = mAP_verdict(c, results)
-        if c.mAP_seed is not None:
-            row.update({"mAP_seed_ci95_low": c.mAP_seed.ci_low, "mAP_seed_ci95_high": c.mAP_seed.ci_high})
+            row[f"{p}_holm_comparisons"] = results.holm_comparisons
+        row[f"{p}_verdict"] = verdict(c, results)
+        if c.primary_seed is not None:
+            row.update({f"{p}_seed_ci95_low": c.primary_seed.ci_low, f"{p}_seed_ci95_high": c.primary_seed.ci_high})
         if c.n:
-            row["mAP_test_sampling"] = "yes" if c.test_sampling is not None else "no"
-        row["mAP_boot_std"] = c.test_sampling.std if c.test_sampling is not None else math.nan
-        comp = c.vs_baseline.get("mAP")
+            row[f"{p}_test_sampling"] = "yes" if c.test_sampling is not None else "no"
+        row[f"{p}_boot_std"] = c.test_sampling.std if c.test_sampling is not None else math.nan
+        comp = c.vs_baseline.get(p)
         if comp is not None:
-            row["mAP_seed_p_value"] = comp.seed_p_value
-            row["mAP_diff_paired"] = "" if comp.paired is None else "yes" if comp.paired else "no"
+            row[f"{p}_seed_p_value"] = comp.seed_p_value
+            row[f"{p}_diff_paired"] = "" if comp.paired is None else "yes" if comp.paired else "no"
         rows.append(row)
     return rows, columns
 

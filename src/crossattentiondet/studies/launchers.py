@@ -145,10 +145,11 @@ def _describe(run: PlannedRun, outcome: RunOutcome) -> str:
 
         assert run.run_dir is not None
         final = read_json(run.run_dir / "final_results.json")
-        val = (final.get("validation") or {}).get("mAP")
-        test = (final.get("results") or {}).get("mAP")
+        metric = str(final.get("primary_metric") or "mAP")  # older (detection) runs name none
+        val = (final.get("validation") or {}).get(metric)
+        test = (final.get("results") or {}).get(metric)
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        return f"{run.key}: finished in {outcome.seconds:.0f} s (val mAP {fmt(val)}, test mAP {fmt(test)})"
+        return f"{run.key}: finished in {outcome.seconds:.0f} s (val {metric} {fmt(val)}, test {metric} {fmt(test)})"
     if outcome.status == "failed":
         return f"{run.key}: FAILED: {outcome.error} (see {run.run_dir}/stdout.log)"
     if outcome.status == "held":

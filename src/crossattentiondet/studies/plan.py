@@ -374,15 +374,19 @@ def _select(spec: StudySpec, phase: int, candidates: list[Configuration], replic
                               "change? use another --output, or delete the file to select again)")
         return selection, ""
     rows, missing, no_metric = [], [], []
+    states = {(c.id, split, seed): read_run_state(study_dir / c.id / run_name(seed, split))
+              for c in candidates for split, seed in replicates}
+    # the spec's default metric stands for the runs' primary one (segmentation: Smeasure / mIoU)
+    metric, mode = select.resolve([s.final for s in states.values() if s.status == "finished" and s.final])
     for c in candidates:
         values: dict[str, float] = {}
         for split, seed in replicates:
             name = run_name(seed, split)
-            state = read_run_state(study_dir / c.id / name)
+            state = states[(c.id, split, seed)]
             if state.status != "finished" or state.final is None:
                 missing.append(f"{c.id}/{name} ({state.status})")
                 continue
-            value = validation_value(state.final, select.metric)
+            value = validation_value(state.final, metric)
             if value is None:
                 no_metric.append(f"{c.id}/{name}")
             else:
@@ -393,7 +397,7 @@ def _select(spec: StudySpec, phase: int, candidates: list[Configuration], replic
     total = len(candidates) * len(replicates)
     if no_metric:
         return None, (f"{len(no_metric)} finished run(s) of phase '{source_name}' have no validation "
-                      f"'{select.metric}' (e.g. {no_metric[0]}); selection needs a validation split "
+                      f"'{metric}' (e.g. {no_metric[0]}); selection needs a validation split "
                       "(data.split.val > 0)")
     if missing and not allow_missing:
         failed = [m for m in missing if m.endswith("(failed)")]
@@ -404,10 +408,10 @@ def _select(spec: StudySpec, phase: int, candidates: list[Configuration], replic
                     "retries them, --select-with-missing ranks on the seeds that finished")
         return None, why
     ranked = [r for r in rows if r["n"] > 0]
-    ranked.sort(key=lambda r: r["mean"], reverse=select.mode == "max")  # stable: ties keep spec order
+    ranked.sort(key=lambda r: r["mean"], reverse=mode == "max")  # stable: ties keep spec order
     if len(ranked) < select.top_k:
         return None, f"only {len(ranked)} configuration(s) of phase '{source_name}' have results; top_k is {select.top_k}"
-    selection = Selection(phase=phase, source_phase=source, metric=select.metric, mode=select.mode,
+    selection = Selection(phase=phase, source_phase=source, metric=metric, mode=mode,
                           top_k=select.top_k, ranking=ranked, selected=[r["id"] for r in ranked[: select.top_k]],
                           missing=missing)
     if record:

@@ -2,6 +2,11 @@
 matched baseline, plots (mAP per configuration, sensitivity, grids, accuracy vs cost, AP by size), the
 modality table, failures, every run. Regenerated from the run directories each time.
 
+The numbers are the study's primary metric (:class:`~crossattentiondet.studies.aggregate.TaskMetrics`):
+mAP for detection, S-measure or mIoU for segmentation, where a segmentation study adds a table of all its
+test metrics (the COD columns) and, with several test sets, one of the primary metric per set instead of
+AP by object size.
+
 Verdicts use Holm-corrected p-values (the number of comparisons is printed); a study run with ``--quick``
 (recorded in study.json) is labelled a smoke test in the header, the table headers and the plot titles."""
 
@@ -20,7 +25,7 @@ from crossattentiondet.studies.aggregate import (
     ConfigResult,
     StudyResults,
     collect,
-    mAP_verdict,
+    verdict,
     write_summaries,
 )
 from crossattentiondet.studies.plan import StudyPlan
@@ -57,7 +62,7 @@ def _ci(c: ConfigResult, metric: str) -> str:
     s = c.stats[metric]
     if not math.isfinite(s.ci_low):
         return "n/a"
-    mark = f" {SEEDS_ONLY_MARK}" if metric == "mAP" and c.test_sampling is None else ""
+    mark = f" {SEEDS_ONLY_MARK}" if metric == c.primary and c.test_sampling is None else ""
     return f"[{_f(s.ci_low)}, {_f(s.ci_high)}]{mark}"
 
 
@@ -73,19 +78,19 @@ def _p(value: float) -> str:
 
 def _verdict(c: ConfigResult, results: StudyResults) -> tuple[str, str, str, str]:
     """(difference with CI, p-value, Holm-corrected p-value, plain-words flag) against the baseline; the flag
-    follows the Holm p (see :func:`~crossattentiondet.studies.aggregate.mAP_verdict`)."""
-    flag = mAP_verdict(c, results)
+    follows the Holm p (see :func:`~crossattentiondet.studies.aggregate.verdict`)."""
+    flag = verdict(c, results)
     if results.baseline is None:
         return "n/a", "n/a", "n/a", flag
     if c is results.baseline:
         return "—", "—", "—", flag
-    comp = c.vs_baseline.get("mAP")
+    comp = c.vs_baseline.get(results.metrics.primary)
     if comp is None or not math.isfinite(comp.diff):
         return "n/a", "n/a", "n/a", flag
     diff = f"{comp.diff:+.3f}" + (f" [{comp.ci_low:+.3f}, {comp.ci_high:+.3f}]" if math.isfinite(comp.ci_low) else "")
     if math.isfinite(comp.ci_low) and not comp.test_sampling:
         diff += f" {SEEDS_ONLY_MARK}"
-    return diff, _p(comp.p_value), _p(c.mAP_p_holm), flag
+    return diff, _p(comp.p_value), _p(c.primary_p_holm), flag
 
 
 def _comparisons(results: StudyResults) -> str:
@@ -98,15 +103,17 @@ def _holm_header(results: StudyResults) -> str:
 
 
 def _config_table(configs: list[ConfigResult], results: StudyResults, tag: str = "") -> list[str]:
-    lines = [f"| configuration | changes | runs | test mAP{tag} | 95% CI{tag} | Δ mAP vs baseline [95% CI]{tag} | "
+    m = results.metrics
+    name = m.primary
+    lines = [f"| configuration | changes | runs | test {name}{tag} | 95% CI{tag} | Δ {name} vs baseline [95% CI]{tag} | "
              f"p (uncorrected) | {_holm_header(results)} | distinguishable from noise? (Holm p < {ALPHA}) | "
-             f"val mAP{tag} | params (M) | GFLOPs (2 per multiply-add) | latency (ms) |",
+             f"val {name}{tag} | params (M) | GFLOPs (2 per multiply-add) | latency (ms) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in configs:
         diff, p, p_holm, flag = _verdict(c, results)
-        lines.append(f"| {c.configuration.id} | {_changes(c)} | {c.n}/{len(c.records)} | {_mean_std(c, 'mAP')} | "
-                     f"{_ci(c, 'mAP')} | {diff} | {p} | {p_holm} | {flag} | {_mean_std(c, 'val_mAP')} | "
-                     f"{_f(c.stats['params_M'].mean, 2)} | {_f(c.stats['detector_gflops'].mean, 2)} | "
+        lines.append(f"| {c.configuration.id} | {_changes(c)} | {c.n}/{len(c.records)} | {_mean_std(c, name)} | "
+                     f"{_ci(c, name)} | {diff} | {p} | {p_holm} | {flag} | {_mean_std(c, m.val_primary)} | "
+                     f"{_f(c.stats['params_M'].mean, 2)} | {_f(c.stats[m.gflops].mean, 2)} | "
                      f"{_f(c.stats['latency_ms'].mean, 1)} |")
     return lines
 
@@ -129,13 +136,16 @@ def _phase_plots(results: StudyResults, index: int, members: list[ConfigResult],
                  tag: str = "") -> list[str]:
     plan = results.plan
     phase = plan.spec.phases[index - 1]
+    metric = results.metrics.primary
     lines: list[str] = []
     if not members:
         return lines
     path = plots.plot_config_bars(([results.baseline] if results.baseline and results.baseline not in members
-                                   else []) + members, results.baseline, plot_dir / f"phase{index}_{phase.name}_mAP.png",
-                                  f"Phase {index} ({phase.name}): mAP per configuration (mean over runs, 95% CI){tag}")
-    lines += [f"![phase {index} mAP](plots/{path.name})", ""]
+                                   else []) + members, results.baseline,
+                                  plot_dir / f"phase{index}_{phase.name}_{metric}.png",
+                                  f"Phase {index} ({phase.name}): {metric} per configuration (mean over runs, 95% CI){tag}",
+                                  metric=metric)
+    lines += [f"![phase {index} {metric}](plots/{path.name})", ""]
     if phase.select is None:
         return lines
     by_parent: dict[str, list[ConfigResult]] = {}
@@ -150,15 +160,15 @@ def _phase_plots(results: StudyResults, index: int, members: list[ConfigResult],
             points = [(_value(parent, key), parent)] + [(_value(c, key), c) for c in children]
             curves[parent_id] = [(float(x), c) for x, c in points if isinstance(x, (int, float))]
         path = plots.plot_sensitivity(curves, key, results.baseline,
-                                      plot_dir / f"phase{index}_{phase.name}_sensitivity.png", note=tag)
+                                      plot_dir / f"phase{index}_{phase.name}_sensitivity.png", note=tag, metric=metric)
         lines += [f"![sensitivity to {key}](plots/{path.name})", ""]
     else:
         label_keys = keys or sorted({k for c in members for k in c.configuration.changes})
         groups = {parent_id: [(plots.short_label(results.config(parent_id), label_keys), results.config(parent_id))]
                   + [(plots.short_label(c, label_keys), c) for c in children] for parent_id, children in by_parent.items()}
         path = plots.plot_grid(groups, results.baseline, plot_dir / f"phase{index}_{phase.name}_grid.png",
-                               f"Phase {index} ({phase.name}): test mAP per grid point, grouped by the configuration "
-                               f"it builds on{tag}")
+                               f"Phase {index} ({phase.name}): test {metric} per grid point, grouped by the "
+                               f"configuration it builds on{tag}", metric=metric)
         lines += [f"![phase {index} grid](plots/{path.name})", ""]
     return lines
 
@@ -175,7 +185,8 @@ def _modality_section(results: StudyResults, tag: str = "") -> list[str]:
     if not any(k in c.configuration.changes for c in results.configs for k in keys):
         return []
     names = [m.name for m in results.plan.base_config.data.modalities]
-    lines = ["## Modalities", "", "| configuration | " + " | ".join(names) + f" | streams | test mAP{tag} | "
+    metric = results.metrics.primary
+    lines = ["## Modalities", "", "| configuration | " + " | ".join(names) + f" | streams | test {metric}{tag} | "
              f"Δ vs baseline{tag} | p (uncorrected) | {_holm_header(results)} | "
              f"distinguishable from noise? (Holm p < {ALPHA}) |",
              "|---" * (len(names) + 7) + "|"]
@@ -187,16 +198,17 @@ def _modality_section(results: StudyResults, tag: str = "") -> list[str]:
         diff, p, p_holm, flag = _verdict(c, results)
         streams = " / ".join("+".join(s) for s in config.model.streams)
         lines.append(f"| {c.configuration.id} | " + " | ".join("yes" if n in used else "—" for n in names)
-                     + f" | {streams} | {_mean_std(c, 'mAP')} | {diff} | {p} | {p_holm} | {flag} |")
+                     + f" | {streams} | {_mean_std(c, metric)} | {diff} | {p} | {p_holm} | {flag} |")
     return [*lines, ""]
 
 
 def _how_to_read(results: StudyResults) -> list[str]:
     """The paragraph that says what the intervals and verdicts mean, and which rows lack the test-set term."""
     plan = results.plan
+    metric = results.metrics.primary
     replicate = "run (every split seed x seed pair)" if plan.split_seeds else "seed"
     lines = [f"How to read: every number is the mean over runs (one per {replicate}) with its 95% confidence "
-             "interval. For test mAP the interval covers both seed variation and test-set sampling: Var = "
+             f"interval. For test {metric} the interval covers both seed variation and test-set sampling: Var = "
              "s_seeds^2 / n + the bootstrap variance of the seed mean over test images (from each run's "
              f"{BOOTSTRAP_FILE}; on one fixed test set the spread between seeds holds no test-sampling noise, and "
              "that noise does not average out over seeds because all seeds share the test set); Student t with "
@@ -206,16 +218,59 @@ def _how_to_read(results: StudyResults) -> list[str]:
              "",
              f"Verdicts: a difference is called distinguishable from noise only when its Holm-corrected p < {ALPHA} "
              f"(Welch's t-test, with the test-sampling term where the runs have it; Holm over the "
-             f"{_comparisons(results)} with the baseline that have a p-value, mAP, all phases) with at "
+             f"{_comparisons(results)} with the baseline that have a p-value, {metric}, all phases) with at "
              "least 2 runs on both sides. When neither side varies at all (seed "
              f"std 0, no bootstrap spread) nothing can be tested: 'no variance: cannot test' when |Δ| <= "
-             f"{RESOLUTION:g} mAP (the resolution), else 'no variance: differs by more than the resolution, "
-             "untested'. Later phases were chosen on validation mAP only; test results were not used for any "
-             "decision.", ""]
+             f"{RESOLUTION:g} {metric} (the resolution), else 'no variance: differs by more than the resolution, "
+             f"untested'. Later phases were chosen on validation {_selection_metric(results)} only; test results "
+             "were not used for any decision.", ""]
+    if results.metrics.lower_better(metric):
+        lines[-2] += f" Smaller {metric} is better."
     lacking = [c for c in results.configs if c.n and c.test_sampling is None]
     if lacking:
         names = ", ".join(f"`{c.configuration.id}` ({c.test_sampling_note})" for c in lacking)
         lines += [f"Without the test-sampling term ({SEEDS_ONLY_MARK}, seed variation only): {names}.", ""]
+    return lines
+
+
+def _selection_metric(results: StudyResults) -> str:
+    """What later phases were selected on: the recorded selections' metric, else the study's primary metric
+    (a spec's default ``mAP`` stands for the primary metric of a segmentation study)."""
+    recorded = list(dict.fromkeys(s.metric for s in results.plan.selections.values()))
+    return ", ".join(recorded) if recorded else results.metrics.primary
+
+
+def _cost_and_size_sections(results: StudyResults, plot_dir: Path, tag: str) -> list[str]:
+    """Accuracy vs cost, then AP by object size (detection) or the segmentation metric tables."""
+    m = results.metrics
+    lines = [f"## Accuracy vs cost{tag}", "", "Parameters and FLOPs are per image at the evaluation size (FLOPs count 2 "
+             "per multiply-add, twice what fvcore/mmdet papers call FLOPs); latency "
+             "is the median of the run's inference timing on its own device (compare runs from one machine "
+             "only).", ""]
+    path = plots.plot_pareto(results, plot_dir / "pareto.png", note=tag)
+    lines += [f"![accuracy vs cost](plots/{path.name})", ""]
+    if m.task == "detect":
+        lines += [f"## AP by object size{tag}", "", "| configuration | small | medium | large |", "|---|---|---|---|"]
+        for c in results.configs:
+            lines.append(f"| {c.configuration.id} | {_mean_std(c, 'mAP_small')} | {_mean_std(c, 'mAP_medium')} | "
+                         f"{_mean_std(c, 'mAP_large')} |")
+        path = plots.plot_ap_by_size(results, plot_dir / "ap_by_size.png", note=tag)
+        return [*lines, "", f"![AP by size](plots/{path.name})", ""]
+    lower = [k for k in m.test if m.lower_better(k)]
+    lines += [f"## Test metrics{tag}", "", "Mean ± standard deviation over runs, per image at the ground truth's "
+              "resolution" + (f"; smaller is better for {', '.join(lower)}" if lower else "") + ".", "",
+              "| configuration | " + " | ".join(m.test) + " |", "|---" * (len(m.test) + 1) + "|"]
+    for c in results.configs:
+        lines.append(f"| {c.configuration.id} | " + " | ".join(_mean_std(c, k) for k in m.test) + " |")
+    lines.append("")
+    if m.sets:
+        lines += [f"## {m.primary} per test set{tag}", "", "Each test set scored on its own (mean ± standard deviation "
+                  "over runs).", "", "| configuration | " + " | ".join(m.sets) + " |", "|---" * (len(m.sets) + 1) + "|"]
+        for c in results.configs:
+            lines.append(f"| {c.configuration.id} | "
+                         + " | ".join(_mean_std(c, m.set_column(s)) for s in m.sets) + " |")
+        path = plots.plot_per_set(results, plot_dir / "per_test_set.png", note=tag)
+        lines += ["", f"![{m.primary} per test set](plots/{path.name})", ""]
     return lines
 
 
@@ -281,27 +336,18 @@ def write_report(plan: StudyPlan, results: StudyResults | None = None) -> Path:
             lines += [*_config_table(baseline_rows + members, results, tag), ""]
             lines += _phase_plots(results, index, members, plot_dir, tag)
     if results.configs:
-        lines += [f"## Accuracy vs cost{tag}", "", "Parameters and FLOPs are per image at the evaluation size (FLOPs count 2 per "
-                  "multiply-add, twice what fvcore/mmdet papers call FLOPs); latency "
-                  "is the median of the run's inference timing on its own device (compare runs from one machine "
-                  "only).", ""]
-        path = plots.plot_pareto(results, plot_dir / "pareto.png", note=tag)
-        lines += [f"![accuracy vs cost](plots/{path.name})", ""]
-        lines += [f"## AP by object size{tag}", "", "| configuration | small | medium | large |", "|---|---|---|---|"]
-        for c in results.configs:
-            lines.append(f"| {c.configuration.id} | {_mean_std(c, 'mAP_small')} | {_mean_std(c, 'mAP_medium')} | "
-                         f"{_mean_std(c, 'mAP_large')} |")
-        path = plots.plot_ap_by_size(results, plot_dir / "ap_by_size.png", note=tag)
-        lines += ["", f"![AP by size](plots/{path.name})", ""]
+        lines += _cost_and_size_sections(results, plot_dir, tag)
     lines += _modality_section(results, tag)
-    lines += ["## Runs", "", f"| run | status | epochs | val mAP{tag} | test mAP{tag} | train time (h) | note |",
+    metric = results.metrics.primary
+    lines += ["## Runs", "", f"| run | status | epochs | val {metric}{tag} | test {metric}{tag} | train time (h) | note |",
               "|---|---|---|---|---|---|---|"]
     for r in results.records:
         note = str((r.state.failed or {}).get("error", ""))[:120].replace("|", "/")
         if r.state.status == "running" and r.state.lock is not None:
             note = r.state.lock.describe()
-        lines.append(f"| {r.run.key} | {r.state.status} | {r.state.epochs_done} | {_f(r.metrics['val_mAP'])} | "
-                     f"{_f(r.metrics['mAP'])} | {_f(r.metrics['time_hr'], 3)} | {note} |")
+        lines.append(f"| {r.run.key} | {r.state.status} | {r.state.epochs_done} | "
+                     f"{_f(r.metrics[results.metrics.val_primary])} | {_f(r.metrics[metric])} | "
+                     f"{_f(r.metrics['time_hr'], 3)} | {note} |")
     lines.append("")
     path = study_dir / "REPORT.md"
     atomic_write_text(path, "\n".join(lines))

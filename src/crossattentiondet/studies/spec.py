@@ -21,6 +21,11 @@ Example (a YAML file passed to ``cadet study plan|run|status|report``)::
         select: {top_k: 1, metric: mAP}
         axes: {train.optimizer.weight_decay: [0.0001, 0.0005]}
 
+``select.metric`` is a key of the runs' ``final_results.json["validation"]``. Its default, ``mAP``, stands
+for the runs' primary metric: for segmentation runs (``task: segment``) their S-measure (binary) or mIoU
+(semantic), see :meth:`SelectSpec.resolve`. ``mode`` defaults to ``min`` for metrics where smaller is better
+(MAE) and ``max`` otherwise.
+
 ``split_seeds`` (a count or a list, like ``seeds``; absent by default) repeats every run over train/val/test
 splits drawn with each ``data.split.seed``, so results cover the choice of split as well as training
 noise. Without it runs live in ``<config>/seed<k>/`` and keep the base config's split seed; with it in
@@ -49,6 +54,9 @@ from crossattentiondet.config import ConfigError, read_config_file
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$"  # study, phase and configuration names become folder names
 DEFAULT_SEEDS = 3
+DEFAULT_SELECT_METRIC = "mAP"  # for runs of another task: their primary metric (SelectSpec.resolve)
+# validation metrics where smaller is better: selected with mode "min" unless the spec says otherwise
+LOWER_IS_BETTER_METRICS = frozenset({"MAE"})
 
 
 class _SpecModel(BaseModel):
@@ -76,8 +84,41 @@ class SelectSpec(_SpecModel):
 
     from_: str | None = Field(default=None, alias="from")  # phase name; default: the previous phase
     top_k: int = Field(ge=1)
-    metric: str = "mAP"  # a key of final_results.json["validation"]; test metrics are never used to select
-    mode: Literal["max", "min"] = "max"
+    # a key of final_results.json["validation"]; test metrics are never used to select. The default stands for
+    # the runs' primary metric (segmentation: Smeasure or mIoU), see resolve()
+    metric: str = DEFAULT_SELECT_METRIC
+    mode: Literal["max", "min"] = "max"  # default: "min" for LOWER_IS_BETTER_METRICS
+
+    @model_validator(mode="after")
+    def _mode(self) -> SelectSpec:
+        # MAE is an error: ranking it "max" would pick the worst configurations
+        if "mode" not in self.model_fields_set and self.metric in LOWER_IS_BETTER_METRICS:
+            self.mode = "min"
+        return self
+
+    def resolve(self, finals: list[dict[str, Any]]) -> tuple[str, str]:
+        """(validation metric, mode) for runs whose final_results.json are ``finals``.
+
+        The default metric (``mAP``) means the runs' primary metric (``primary_metric``; runs that name
+        none are detection runs: mAP), and its mode follows the metric's direction (a run's
+        ``lower_is_better`` list or :data:`LOWER_IS_BETTER_METRICS`) unless the spec set one. A metric the spec
+        names explicitly is used as it is. Runs of different tasks or primary metrics: :class:`ConfigError`."""
+        if self.metric != DEFAULT_SELECT_METRIC:
+            return self.metric, self.mode
+        primaries: dict[str, bool] = {}
+        for final in finals:
+            task = final.get("task") or "detect"
+            primary = str(final.get("primary_metric") or ("mAP" if task == "detect" else DEFAULT_SELECT_METRIC))
+            lower = primary in LOWER_IS_BETTER_METRICS or primary in (final.get("lower_is_better") or ())
+            primaries[primary] = primaries.get(primary, False) or lower
+        if len(primaries) > 1:
+            raise ConfigError(f"select.metric: the runs to select from have different primary metrics "
+                              f"({', '.join(primaries)}); name the validation metric to select on")
+        if not primaries:
+            return self.metric, self.mode
+        metric, lower = next(iter(primaries.items()))
+        mode = self.mode if "mode" in self.model_fields_set else "min" if lower else "max"
+        return metric, mode
 
 
 class PhaseSpec(_SpecModel):
