@@ -102,7 +102,11 @@ def run_seg_check(args: argparse.Namespace, config: ExperimentConfig) -> int:
     from crossattentiondet.segmentation.layouts import open_seg_source
 
     source = open_seg_source(args.data, config.data, args.layout)
-    report = check_seg_source(source, split=config.data.split)
+    return _print_check(args, check_seg_source(source, split=config.data.split))
+
+
+def _print_check(args: argparse.Namespace, report: Any) -> int:
+    """A check report (detection's or segmentation's) as JSON or one line per problem; exit 1 on errors."""
     if args.json:
         print_json(report.to_dict())
     else:
@@ -120,16 +124,7 @@ def run_check(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if is_segmentation(args, config):
         return run_seg_check(args, config)
-    report = check_dataset(args.data, config.data, layout=args.layout, check_split=True)
-    if args.json:
-        print_json(report.to_dict())
-    else:
-        for note in report.notes:
-            print(f"note: {note}")
-        for problem in report.problems:
-            print(f"{problem.severity}: {problem}")
-        print(report.summary())
-    return 1 if report.errors else 0
+    return _print_check(args, check_dataset(args.data, config.data, layout=args.layout, check_split=True))
 
 
 def format_stats(stats: dict[str, Any]) -> str:
