@@ -19,7 +19,7 @@ from typing import Any
 
 from crossattentiondet.config import DataConfig, SplitConfig
 from crossattentiondet.data.imageio import opencv_quiet
-from crossattentiondet.data.problems import FrameInfo, Problem
+from crossattentiondet.data.problems import FrameInfo, Problem, ProblemReport
 from crossattentiondet.data.source import DataSource, open_source
 from crossattentiondet.data.splits import SplitPlan, make_splits, split_warnings
 from crossattentiondet.errors import DataError
@@ -28,7 +28,7 @@ DTYPE_SCALE = {"uint8": 255.0, "uint16": 65535.0}
 
 
 @dataclass
-class CheckReport:
+class CheckReport(ProblemReport):
     """Everything a check found. ``problems`` are in frame order; ``infos`` has one entry per frame."""
 
     root: str
@@ -52,23 +52,6 @@ class CheckReport:
                     found[name] = dtype
         return found
 
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
-
-    @property
-    def ok(self) -> bool:
-        """True when there is no error (warnings allowed)."""
-        return not self.errors
-
-    @property
-    def bad_stems(self) -> set[str]:
-        """Frames with at least one error (what ``data.on_error=skip`` leaves out)."""
-        return {p.stem for p in self.errors if p.stem is not None}
 
     @property
     def fatal(self) -> list[Problem]:

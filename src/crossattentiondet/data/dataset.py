@@ -381,35 +381,49 @@ class PreparedData:
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         dataset = self.dataset(split, train, seed=seed, transform=transform)
-        rank_, world = _dist_rank_world(rank, world_size) if distributed else (0, 1)
-        epoch_sampler = None
-        if train:
-            epoch_sampler = EpochShuffleSampler(len(dataset), seed, shuffle=True, rank=rank_, world_size=world)
-            sampler: Sampler = epoch_sampler
-        else:
-            sampler = ShardedSequentialSampler(len(dataset), rank_, world)
         settings = self.resolved_config.data.loader
+        landscape = None
         if train and settings.aspect_ratio_grouping:
             infos = self.report.infos
             landscape = [infos[s].width >= infos[s].height for s in dataset.stems]
-            batch_sampler: Sampler = AspectRatioBatchSampler(sampler, landscape, batch_size, drop_last)
-        else:
-            batch_sampler = EpochBatchSampler(sampler, batch_size, drop_last)
-        workers = settings.num_workers
-        pin = settings.pin_memory if settings.pin_memory is not None else torch.cuda.is_available()
-        # The loader's own generator: without one, every new iterator (each epoch, or only the first one with
-        # persistent workers) draws its worker base seed from the global torch RNG, so a resumed process would
-        # consume that RNG differently from the uninterrupted run and shift RPN/RoI sampling and drop-path.
-        # (Worker seeds themselves do not matter here: each sample's augmentation has its own generator.)
-        generator = torch.Generator()
-        generator.manual_seed(seed + zlib.crc32(split.encode()))
-        loader = DetectionLoader(
-            dataset, batch_sampler=batch_sampler, collate_fn=detection_collate, num_workers=workers,
-            pin_memory=pin, persistent_workers=settings.persistent_workers and workers > 0,
-            prefetch_factor=settings.prefetch_factor if workers > 0 else None,
-            worker_init_fn=_worker_init if workers > 0 else None, generator=generator)
-        loader.epoch_sampler = epoch_sampler
-        return loader
+        return epoch_loader(dataset, split, train, batch_size, settings, collate_fn=detection_collate,
+                            distributed=distributed, seed=seed, drop_last=drop_last, rank=rank,
+                            world_size=world_size, landscape=landscape)
+
+
+def epoch_loader(dataset: Dataset, split: str, train: bool, batch_size: int, settings: Any, *,
+                 collate_fn: Callable[[list[Any]], Any], distributed: bool = False, seed: int = 0,
+                 drop_last: bool = False, rank: int | None = None, world_size: int | None = None,
+                 landscape: list[bool] | None = None) -> DetectionLoader:
+    """The loader both tasks use: shuffled per epoch (seeded, resumable) when ``train``, sequential otherwise,
+    sharded over DDP ranks when ``distributed``; ``settings`` = ``data.loader``; ``landscape`` (per frame)
+    groups training batches by orientation."""
+    rank_, world = _dist_rank_world(rank, world_size) if distributed else (0, 1)
+    epoch_sampler = None
+    if train:
+        epoch_sampler = EpochShuffleSampler(len(dataset), seed, shuffle=True, rank=rank_, world_size=world)
+        sampler: Sampler = epoch_sampler
+    else:
+        sampler = ShardedSequentialSampler(len(dataset), rank_, world)
+    if landscape is not None:
+        batch_sampler: Sampler = AspectRatioBatchSampler(sampler, landscape, batch_size, drop_last)
+    else:
+        batch_sampler = EpochBatchSampler(sampler, batch_size, drop_last)
+    workers = settings.num_workers
+    pin = settings.pin_memory if settings.pin_memory is not None else torch.cuda.is_available()
+    # The loader's own generator: without one, every new iterator (each epoch, or only the first one with
+    # persistent workers) draws its worker base seed from the global torch RNG, so a resumed process would
+    # consume that RNG differently from the uninterrupted run and shift RPN/RoI sampling and drop-path.
+    # (Worker seeds themselves do not matter here: each sample's augmentation has its own generator.)
+    generator = torch.Generator()
+    generator.manual_seed(seed + zlib.crc32(split.encode()))
+    loader = DetectionLoader(
+        dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=workers,
+        pin_memory=pin, persistent_workers=settings.persistent_workers and workers > 0,
+        prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None, generator=generator)
+    loader.epoch_sampler = epoch_sampler
+    return loader
 
 
 # ------------------------------------------------------------------------------------------ synthetic

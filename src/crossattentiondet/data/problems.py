@@ -68,6 +68,31 @@ class Problem:
                 "message": self.message}
 
 
+class ProblemReport:
+    """What a check report (detection's CheckReport, segmentation's SegCheckReport) derives from its
+    ``problems``."""
+
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error (warnings allowed)."""
+        return not self.errors
+
+    @property
+    def bad_stems(self) -> set[str]:
+        """Frames with at least one error (what ``data.on_error=skip`` leaves out)."""
+        return {p.stem for p in self.errors if p.stem is not None}
+
+
 @dataclass
 class FrameInfo:
     """What reading one frame found out: size, per-modality dtype, number of boxes; ``peaks``: the largest

@@ -200,13 +200,10 @@ def split_channels(array: np.ndarray, config: ExperimentConfig, what: str) -> di
     return arrays
 
 
-def detect_frames(model: nn.Module, config: ExperimentConfig, checkpoint: dict[str, Any],
-                  frames: list[tuple[str, dict[str, Any]]], *, score_thresh: float = 0.3, batch_size: int = 4,
-                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run ``model`` on frames (name, modality -> raw array), after checking and converting them to what it
-    was trained on (data/inputs.py). Returns per frame: name, the model-input image (C, H, W), and
-    boxes (xyxy) / scores / labels (model labels: 1 = first class) as CPU tensors, scores >= ``score_thresh``."""
-    from crossattentiondet.data import Sample, to_model_input
+def conformed_frames(checkpoint: dict[str, Any], frames: list[tuple[str, dict[str, Any]]],
+                     echo: Callable[[str], None] = print) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """``frames`` checked and converted to what the checkpoint's model was trained on (data/inputs.py; each
+    conversion said once), and the model's modality order."""
     from crossattentiondet.data.inputs import conform_frame, spec_from_checkpoint
 
     spec = spec_from_checkpoint(checkpoint)
@@ -214,7 +211,18 @@ def detect_frames(model: nn.Module, config: ExperimentConfig, checkpoint: dict[s
     frames = [(name, conform_frame(name, arrays, spec, notes)) for name, arrays in frames]
     for note in sorted(notes):
         echo(f"note: {note}")
-    order = [m.name for m in spec]
+    return frames, [m.name for m in spec]
+
+
+def detect_frames(model: nn.Module, config: ExperimentConfig, checkpoint: dict[str, Any],
+                  frames: list[tuple[str, dict[str, Any]]], *, score_thresh: float = 0.3, batch_size: int = 4,
+                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run ``model`` on frames (name, modality -> raw array), after checking and converting them to what it
+    was trained on (data/inputs.py). Returns per frame: name, the model-input image (C, H, W), and
+    boxes (xyxy) / scores / labels (model labels: 1 = first class) as CPU tensors, scores >= ``score_thresh``."""
+    from crossattentiondet.data import Sample, to_model_input
+
+    frames, order = conformed_frames(checkpoint, frames, echo)
     device = next(model.parameters()).device
     results: list[dict[str, Any]] = []
     for start in range(0, len(frames), batch_size):

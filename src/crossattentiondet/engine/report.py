@@ -176,7 +176,6 @@ def speed_and_size(model: nn.Module, data: Any, split: str, config: ExperimentCo
 def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any, run_dir: Path, device: torch.device,
                info: DistInfo, log: Any, best_val: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
     """Evaluate the best weights once on the test split and write the run's final files."""
-    from crossattentiondet.io import atomic_write_json
 
     split = config.eval.split
     if not data.splits.get(split):
@@ -223,12 +222,25 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
         "model": model_block,
         "speed": speed,
     }
+    write_final_files(run_dir, final, metrics, {"per_class": summary.get("per_class", {})}, config, state, log,
+                      "final_results.json, metrics.csv, checkpoints/best.pt, plots/")
+    return metrics, best_val
+
+
+def write_final_files(run_dir: Path, final: dict[str, Any], metrics: dict[str, float], metrics_extra: dict[str, Any],
+                      config: ExperimentConfig, state: Any, log: Any, written: str) -> None:
+    """final_results.json, metrics.json (the test ``metrics``, the best validation ones, ``metrics_extra``),
+    model_info.json,
+    the run log's final entry (TensorBoard, MLflow) and the "done" line naming what was ``written``; the same
+    for every task."""
+    from crossattentiondet.io import atomic_write_json
+
+    split = config.eval.split
+    best_val = final["validation"]
     atomic_write_json(run_dir / "final_results.json", final)
-    atomic_write_json(run_dir / "metrics.json", {"split": split, "test": metrics, "val": best_val,
-                                                 "per_class": summary.get("per_class", {}),
+    atomic_write_json(run_dir / "metrics.json", {"split": split, "test": metrics, "val": best_val, **metrics_extra,
                                                  "best_epoch": state.best_epoch})
-    atomic_write_json(run_dir / "model_info.json", {**model_block, **speed})
+    atomic_write_json(run_dir / "model_info.json", {**final["model"], **final["speed"]})
     log.final(metrics, [run_dir / name for name in ("final_results.json", "config.yaml", "metrics.csv", "plots")],
               config=config_to_dict(config), val=best_val, step=state.global_step, split=split)
-    log.info(f"done: {run_dir} (final_results.json, metrics.csv, checkpoints/best.pt, plots/)")
-    return metrics, best_val
+    log.info(f"done: {run_dir} ({written})")

@@ -23,7 +23,7 @@ import numpy as np
 
 from crossattentiondet.config import SplitConfig
 from crossattentiondet.data.imageio import opencv_quiet
-from crossattentiondet.data.problems import Problem
+from crossattentiondet.data.problems import Problem, ProblemReport
 from crossattentiondet.errors import DataError
 from crossattentiondet.segmentation.layouts import IGNORE_INDEX, SPLITS, SegSource, seg_splits
 
@@ -89,7 +89,7 @@ def scan_items(source: SegSource, stems: list[str], channel_stats: bool = False,
 
 
 @dataclass
-class SegCheckReport:
+class SegCheckReport(ProblemReport):
     """Everything a segmentation check found; ``problems`` are the listing's, then per frame in stem order."""
 
     frames: int = 0
@@ -109,23 +109,6 @@ class SegCheckReport:
     empty_stems: list[str] = field(default_factory=list)
     split: dict[str, int] | None = None  # with a split config: frames per split
 
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
-
-    @property
-    def ok(self) -> bool:
-        """True when there is no error (warnings allowed)."""
-        return not self.errors
-
-    @property
-    def bad_stems(self) -> set[str]:
-        """Frames with at least one error (what ``data.on_error=skip`` leaves out)."""
-        return {p.stem for p in self.errors if p.stem is not None}
 
     def summary(self) -> str:
         """One line: frames, errors (in how many frames), empty masks, warnings."""

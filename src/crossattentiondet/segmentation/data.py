@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import tempfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +30,10 @@ from torch.utils.data import Dataset
 from crossattentiondet.config import ConfigError, ExperimentConfig, ModalityConfig
 from crossattentiondet.data.dataset import (
     DetectionLoader,
-    EpochBatchSampler,
-    EpochShuffleSampler,
-    ShardedSequentialSampler,
     SkipCounter,
-    _dist_rank_world,
     _is_rank_zero,
     _resolve_config,
-    _worker_init,
+    epoch_loader,
 )
 from crossattentiondet.data.transforms import Transform, build_transforms, identity
 from crossattentiondet.errors import DataError
@@ -195,25 +190,9 @@ class PreparedSegData:
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         dataset = self.dataset(split, train, seed=seed, transform=transform, stems=stems)
-        rank_, world = _dist_rank_world(rank, world_size) if distributed else (0, 1)
-        epoch_sampler = None
-        if train:
-            epoch_sampler = EpochShuffleSampler(len(dataset), seed, shuffle=True, rank=rank_, world_size=world)
-            sampler: Any = epoch_sampler
-        else:
-            sampler = ShardedSequentialSampler(len(dataset), rank_, world)
-        settings = self.resolved_config.data.loader
-        workers = settings.num_workers
-        pin = settings.pin_memory if settings.pin_memory is not None else torch.cuda.is_available()
-        generator = torch.Generator()  # see PreparedData.loader: the loader's own RNG keeps resumes identical
-        generator.manual_seed(seed + zlib.crc32(split.encode()))
-        loader = DetectionLoader(
-            dataset, batch_sampler=EpochBatchSampler(sampler, batch_size, drop_last), collate_fn=seg_collate,
-            num_workers=workers, pin_memory=pin, persistent_workers=settings.persistent_workers and workers > 0,
-            prefetch_factor=settings.prefetch_factor if workers > 0 else None,
-            worker_init_fn=_worker_init if workers > 0 else None, generator=generator)
-        loader.epoch_sampler = epoch_sampler
-        return loader
+        return epoch_loader(dataset, split, train, batch_size, self.resolved_config.data.loader,
+                            collate_fn=seg_collate, distributed=distributed, seed=seed, drop_last=drop_last,
+                            rank=rank, world_size=world_size)
 
 
 # ------------------------------------------------------------------------------------------ synthetic

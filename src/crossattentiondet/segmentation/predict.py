@@ -21,18 +21,13 @@ def segment_frames(model: nn.Module, config: ExperimentConfig, checkpoint: dict[
     (data/inputs.py). Per frame: name, the raw modalities and ``map``: binary uint8 round(255 p), semantic
     uint8 class ids, both at the frame's size."""
     from crossattentiondet.data import Sample
-    from crossattentiondet.data.inputs import conform_frame, spec_from_checkpoint
+    from crossattentiondet.engine.inference import conformed_frames
     from crossattentiondet.engine.runtime import autocast
     from crossattentiondet.segmentation.data import _stack
     from crossattentiondet.segmentation.evaluate import prediction_maps, restore_to_gt
     from crossattentiondet.segmentation.resize import resize_sample
 
-    spec = spec_from_checkpoint(checkpoint)
-    notes: set[str] = set()
-    frames = [(name, conform_frame(name, arrays, spec, notes)) for name, arrays in frames]
-    for note in sorted(notes):
-        echo(f"note: {note}")
-    order = [m.name for m in spec]
+    frames, order = conformed_frames(checkpoint, frames, echo)
     binary = int(checkpoint["num_classes"]) == 2
     seg = config.model.seg
     device = next(model.parameters()).device

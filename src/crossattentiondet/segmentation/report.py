@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from crossattentiondet.config import ExperimentConfig, config_to_dict
-from crossattentiondet.io import atomic_write_json, atomic_write_text
+from crossattentiondet.io import atomic_write_text
 from crossattentiondet.tasks.base import Selection
 
 # columns of the per-set table, in the order COD papers print them
@@ -265,12 +265,8 @@ def finish_seg_run(model: nn.Module, data: Any, config: ExperimentConfig, state:
         "model": model_block,
         "speed": speed,
     }
-    atomic_write_json(run_dir / "final_results.json", final)
-    atomic_write_json(run_dir / "metrics.json", {"split": split, "test": metrics, "val": best_val,
-                                                 "per_set": summary.get("per_set", {}),
-                                                 "best_epoch": state.best_epoch})
-    atomic_write_json(run_dir / "model_info.json", {**model_block, **speed})
-    log.final(metrics, [run_dir / name for name in ("final_results.json", "config.yaml", "metrics.csv", "plots")],
-              config=config_to_dict(config), val=best_val, step=state.global_step, split=split)
-    log.info(f"done: {run_dir} (final_results.json, predictions_{split}/, metrics.csv, checkpoints/best.pt, plots/)")
+    from crossattentiondet.engine.report import write_final_files
+
+    write_final_files(run_dir, final, metrics, {"per_set": summary.get("per_set", {})}, config, state, log,
+                      f"final_results.json, predictions_{split}/, metrics.csv, checkpoints/best.pt, plots/")
     return metrics, best_val
