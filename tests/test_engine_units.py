@@ -14,11 +14,11 @@ from crossattentiondet.engine.ema import ModelEMA
 from crossattentiondet.engine.freeze import apply_freeze, frozen_stages
 from crossattentiondet.engine.optim import (
     build_optimizer,
-    build_schedule,
     effective_batch,
     lr_factor,
     scaled_lr,
 )
+from crossattentiondet.engine.phases import PhaseSchedule, resolve_phases
 from crossattentiondet.engine.runtime import autocast, check_precision, resolve_device
 from crossattentiondet.errors import ConfigError, TrainingError
 from crossattentiondet.models import build_detector
@@ -66,7 +66,8 @@ def test_cosine_min_lr_floor_in_optimizer() -> None:
     model = torch.nn.Linear(2, 2)
     train = TrainConfig(lr=0.1, epochs=2, schedule=ScheduleConfig(type="cosine", min_lr=0.01))
     opt = build_optimizer_for(model, train)
-    sched = build_schedule(opt, train, iters_per_epoch=5, base_lr=0.1)
+    sched = PhaseSchedule(opt)
+    sched.start(resolve_phases(train)[0], updates_per_epoch=5, epoch=0)
     lrs = []
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])

@@ -400,6 +400,38 @@ class SegLossConfig(StrictModel):
     dice: float = Field(default=0.0, ge=0)
 
 
+MOE_EXPERT_TYPES = ("texture", "attention", "hybrid", "frequency", "edge", "context", "contrast")
+
+
+class MoEConfig(StrictModel):
+    """Mixture of experts before the decoder, on each of the 4 encoder scales (segmentation/moe.py):
+    a channel + spatial attention block, then ``num_experts`` experts of which a router picks ``top_k``
+    per image. The router is trained by the load-balancing and z losses (weights below)."""
+
+    enabled: bool = False
+    num_experts: int = Field(default=7, ge=1)
+    top_k: int | None = Field(default=None, ge=1)  # None: max(2, num_experts // 2), at most num_experts
+    # expert types, cycled over the experts (7 experts = one of each)
+    experts: list[Literal[MOE_EXPERT_TYPES]] = list(MOE_EXPERT_TYPES)  # type: ignore[valid-type]
+    noisy_gating: bool = False  # learned Gaussian noise on the router logits while training (Shazeer et al. 2017)
+    balance_weight: float = Field(default=0.01, ge=0)  # Switch/GShard load-balancing loss E * sum_i f_i P_i
+    z_weight: float = Field(default=0.001, ge=0)  # router z-loss: mean squared logsumexp of the logits
+    attention_reduction: int = Field(default=8, ge=1)  # SE reduction of the channel gate
+
+    @model_validator(mode="after")
+    def _check(self) -> MoEConfig:
+        if not self.experts:
+            raise ValueError("model.seg.moe.experts: name at least one expert type")
+        if self.top_k is not None and self.top_k > self.num_experts:
+            raise ValueError(f"model.seg.moe.top_k={self.top_k} exceeds num_experts={self.num_experts}")
+        return self
+
+    @property
+    def k(self) -> int:
+        """Experts per image: ``top_k``, or camoXpert's max(2, E // 2) capped at E."""
+        return self.top_k if self.top_k is not None else min(self.num_experts, max(2, self.num_experts // 2))
+
+
 class SegmentationConfig(StrictModel):
     """The segmentation head (``task: segment``) and its input size policy."""
 
@@ -415,6 +447,7 @@ class SegmentationConfig(StrictModel):
     resize: Literal["square", "keep_aspect"] = "square"
     size: int = Field(default=384, ge=32)
     loss: SegLossConfig = SegLossConfig()
+    moe: MoEConfig = MoEConfig()
 
 # (embed_dims, num_heads) per MiT variant: the one table models.mit.MIT_VARIANTS is built from, kept here so
 # that the config checks overrides against it without importing the models
@@ -431,6 +464,9 @@ class ModelConfig(StrictModel):
     streams: list[list[str]] = [["rgb"], ["thermal", "event"]]
     mit: MiTOverrides = MiTOverrides()
     pretrained: str | None = None  # local MiT ImageNet weights (.pth, .bin, .safetensors)
+    # start from the weights of another run's checkpoint (best.pt, last.pt, a run directory): tensors whose
+    # name and shape match are loaded, the others keep their initialisation (both listed when the run starts)
+    init_from: str | None = None
     drop_path_rate: float = Field(default=0.1, ge=0, lt=1)
     grad_checkpointing: bool = False
     fusion: FusionConfig = FusionConfig()
@@ -491,12 +527,20 @@ class OptimizerConfig(StrictModel):
 class ScheduleConfig(StrictModel):
     """Learning-rate schedule, stepped every optimizer update. Epoch-valued fields are converted."""
 
-    type: Literal["constant", "step", "multistep", "cosine", "poly"] = "constant"
+    type: Literal["constant", "step", "multistep", "cosine", "cosine_restart", "onecycle", "poly"] = "constant"
     step_size: float = Field(default=15, gt=0)  # epochs (step)
     gamma: float = Field(default=0.1, gt=0)
     milestones: list[float] = []  # epochs (multistep)
-    min_lr: float = Field(default=0.0, ge=0)  # cosine floor
+    # floor of cosine / cosine_restart, in absolute lr (of the heads; the backbone group keeps its ratio)
+    min_lr: float = Field(default=0.0, ge=0)
     power: float = Field(default=0.9, gt=0)  # poly
+    restart_epochs: float = Field(default=10, gt=0)  # cosine_restart: first cycle length (SGDR's T_0)
+    t_mult: float = Field(default=2.0, ge=1)  # cosine_restart: each cycle this many times longer
+    # onecycle (torch's OneCycleLR shape): cosine up from lr/div_factor over pct_start of the schedule,
+    # then down to lr/(div_factor*final_div_factor)
+    pct_start: float = Field(default=0.3, gt=0, lt=1)
+    div_factor: float = Field(default=25.0, ge=1)
+    final_div_factor: float = Field(default=1e4, ge=1)
     warmup_epochs: float = Field(default=0.0, ge=0)
     warmup_iters: int = Field(default=0, ge=0)  # used when warmup_epochs is 0
     warmup_factor: float = Field(default=0.001, ge=0, le=1)
@@ -518,6 +562,28 @@ class FreezeConfig(StrictModel):
     mode: Literal["all", "progressive"] = "all"
     progressive_every: int = Field(default=1, ge=1)
     include_fusion: bool = False  # also freeze the fusion modules
+
+
+class PhaseConfig(StrictModel):
+    """One phase of ``train.phases``: its own length, batch, lr, schedule and what is frozen.
+
+    Unset values are the ``train`` section's (``train.batch_size``, ``.accumulation``, ``.lr``,
+    ``.optimizer.backbone_lr_mult``, ``.schedule``). The schedule restarts at each phase (warmup and cosine
+    over the phase's own updates); the optimizer and its state carry on from phase to phase.
+    ``freeze``: ``backbone`` = the encoder streams are frozen for the whole phase; ``none``; ``progressive``
+    = the last encoder stage trains first, then one more stage at each of ``unfreeze_steps`` steps spread
+    evenly over the phase, all of them at the last step.
+    """
+
+    name: str | None = None  # default: phase1, phase2, ...
+    epochs: int | None = Field(default=None, ge=1)  # None (last phase only): the rest of train.epochs
+    batch_size: int | None = Field(default=None, ge=1)
+    accumulation: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    backbone_lr_mult: float | None = Field(default=None, ge=0)
+    schedule: ScheduleConfig | None = None
+    freeze: Literal["backbone", "none", "progressive"] = "none"
+    unfreeze_steps: int = Field(default=3, ge=2)
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -554,6 +620,49 @@ class TrainConfig(StrictModel):
     log_every: int = Field(default=20, ge=1)  # iterations between progress/TensorBoard updates
     iteration_csv: bool = False  # also write metrics_per_batch.csv every log_every iterations
     max_iters_per_epoch: int | None = Field(default=None, ge=1)  # cap (quick runs, smoke tests)
+    # training in phases (e.g. frozen backbone, then unfrozen at a smaller batch); empty: one phase of the
+    # values above. The phases' epochs sum to train.epochs (the last may leave its epochs out: the rest).
+    phases: list[PhaseConfig] = []
+    start_phase: int = Field(default=1, ge=1)  # begin at this phase (1-based), skipping the earlier ones
+    # fp16 GradScaler overflows (the scaler skips the update and lowers its scale) are counted, not fatal;
+    # this many in a row stop the run (a scale that never recovers means the model itself overflows)
+    max_overflow_streak: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _phases(self) -> TrainConfig:
+        if not self.phases:
+            if self.start_phase != 1:
+                raise ValueError(f"train.start_phase={self.start_phase} needs train.phases (there is one phase)")
+            return self
+        given = [p.epochs for p in self.phases]
+        if any(e is None for e in given[:-1]):
+            raise ValueError("train.phases: only the last phase may leave out its epochs (it gets the rest of "
+                             "train.epochs)")
+        fixed = sum(e for e in given if e is not None)
+        if given[-1] is None and fixed >= self.epochs:
+            raise ValueError(f"train.phases: the phases before the last take {fixed} of train.epochs={self.epochs}, "
+                             "leaving none for the last phase")
+        if given[-1] is not None and fixed != self.epochs:
+            raise ValueError(f"train.phases: the phases' epochs sum to {fixed}, train.epochs is {self.epochs}; set "
+                             f"train.epochs={fixed} or leave the last phase's epochs out (it then gets the rest)")
+        if self.start_phase > len(self.phases):
+            raise ValueError(f"train.start_phase={self.start_phase}: there are {len(self.phases)} phases")
+        if self.freeze.epochs:
+            raise ValueError("train.freeze.epochs and train.phases both say what is frozen: with phases, give each "
+                             "phase's freeze (backbone, none, progressive)")
+        names = [p.name for p in self.phases if p.name is not None]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train.phases: phase names must be unique, got {names}")
+        return self
+
+    def phase_epochs(self) -> list[int]:
+        """Epochs of each phase (the last one's unset epochs resolved); [train.epochs] without phases."""
+        if not self.phases:
+            return [self.epochs]
+        given = [p.epochs for p in self.phases]
+        if given[-1] is None:
+            given[-1] = self.epochs - sum(e for e in given[:-1] if e is not None)
+        return [int(e) for e in given if e is not None]
 
 
 # -------------------------------------------------------------------------------------- eval, output

@@ -1,4 +1,4 @@
-"""Optimizers, learning-rate scaling and per-iteration schedules."""
+"""Optimizers, learning-rate scaling and the per-iteration schedule factors (engine/phases.py applies them)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from crossattentiondet.config import ScheduleConfig, TrainConfig
 
@@ -75,6 +74,10 @@ def lr_factor(step: int, schedule: ScheduleConfig, iters_per_epoch: int, total_i
         factor = schedule.gamma ** sum(1 for m in schedule.milestones if epoch + 1e-9 >= m)
     elif kind == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif kind == "cosine_restart":
+        factor = _cosine_restart(epoch, schedule.restart_epochs, schedule.t_mult)
+    elif kind == "onecycle":
+        factor = _one_cycle(progress, schedule.pct_start, schedule.div_factor, schedule.final_div_factor)
     elif kind == "poly":
         factor = (1.0 - progress) ** schedule.power
     else:  # pragma: no cover - the config literal prevents this
@@ -86,20 +89,35 @@ def lr_factor(step: int, schedule: ScheduleConfig, iters_per_epoch: int, total_i
     return factor
 
 
-class Schedule(LambdaLR):
-    """Per-iteration schedule; cosine's ``min_lr`` floor is absolute, as users quote it."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, iters_per_epoch: int,
-                 total_iters: int, base_lr: float) -> None:
-        self.schedule = schedule
-        floor = schedule.min_lr / base_lr if schedule.type == "cosine" and base_lr > 0 else 0.0
-
-        def factor(step: int) -> float:
-            f = lr_factor(step, schedule, iters_per_epoch, total_iters)
-            return floor + (1.0 - floor) * f if schedule.type == "cosine" else f
-
-        super().__init__(optimizer, factor)
+def _cosine_restart(epoch: float, first: float, t_mult: float) -> float:
+    """SGDR (Loshchilov and Hutter 2017): cosine from 1 to 0 over cycles of ``first``, ``first * t_mult``, ...
+    epochs, restarting at 1 after each."""
+    length = first
+    while epoch >= length - 1e-9:
+        epoch -= length
+        length *= t_mult
+    return 0.5 * (1.0 + math.cos(math.pi * max(epoch, 0.0) / length))
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, train: TrainConfig, iters_per_epoch: int, base_lr: float) -> Schedule:
-    return Schedule(optimizer, train.schedule, iters_per_epoch, iters_per_epoch * train.epochs, base_lr)
+def _one_cycle(progress: float, pct_start: float, div: float, final_div: float) -> float:
+    """torch's OneCycleLR shape (cosine annealing): up from 1/div to 1 over ``pct_start`` of the schedule,
+    then down to 1/(div * final_div)."""
+    start, end = 1.0 / div, 1.0 / (div * final_div)
+    if progress < pct_start:
+        t = progress / pct_start
+        return start + (1.0 - start) * 0.5 * (1.0 - math.cos(math.pi * t))
+    t = (progress - pct_start) / (1.0 - pct_start)
+    return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+FLOORED = ("cosine", "cosine_restart")  # the schedules that ``min_lr`` applies to
+
+
+def schedule_factor(step: int, schedule: ScheduleConfig, iters_per_epoch: int, total_iters: int,
+                    base_lr: float) -> float:
+    """:func:`lr_factor` with cosine's ``min_lr`` floor (absolute, relative to ``base_lr``)."""
+    factor = lr_factor(step, schedule, iters_per_epoch, total_iters)
+    if schedule.type in FLOORED and base_lr > 0:
+        floor = min(schedule.min_lr / base_lr, 1.0)
+        return floor + (1.0 - floor) * factor
+    return factor

@@ -191,7 +191,8 @@ class ThrottledProgress:
 HPARAM_KEYS = (
     "name", "seed", "model.backbone", "model.streams", "model.fusion.type", "model.fusion.stages",
     "model.fusion.other", "model.fusion.flow", "model.zero_modalities", "task", "model.seg.decoder",
-    "model.seg.size", "data.split.seed", "train.epochs",
+    "model.seg.size", "model.seg.deep_supervision", "model.seg.moe.enabled", "model.seg.moe.num_experts",
+    "data.split.seed", "train.epochs", "train.phases", "train.start_phase",
     "train.batch_size", "train.accumulation", "train.lr", "train.lr_scaling", "train.optimizer.type",
     "train.optimizer.weight_decay", "train.schedule.type", "train.schedule.warmup_epochs", "train.precision",
     "train.ema.enabled", "train.freeze.epochs", "train.grad_clip",

@@ -12,7 +12,6 @@ import math
 import os
 import re
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,8 +31,10 @@ from crossattentiondet.config import (
 )
 from crossattentiondet.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossattentiondet.engine.ema import ModelEMA
-from crossattentiondet.engine.freeze import apply_freeze
-from crossattentiondet.engine.optim import build_optimizer, build_schedule, effective_batch, scaled_lr
+from crossattentiondet.engine.freeze import set_frozen_stages
+from crossattentiondet.engine.init_weights import load_init_weights, read_init_weights
+from crossattentiondet.engine.optim import build_optimizer
+from crossattentiondet.engine.phases import Phase, PhaseSchedule, phase_of, resolve_phases
 from crossattentiondet.engine.recipe_checks import recipe_warnings
 from crossattentiondet.engine.runlock import RunLock, lock_run_dir, takeover_message
 from crossattentiondet.engine.runlog import (
@@ -80,6 +81,8 @@ class TrainState:
     best_epoch: int = 0
     skipped_total: int = 0
     bad_streak: int = 0
+    overflow_total: int = 0  # fp16: updates the GradScaler skipped (gradient overflow), not counted above
+    overflow_streak: int = 0
     stale_validations: int = 0
     train_time_s: float = 0.0
     stopped_early: bool = False
@@ -164,6 +167,10 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
     for note in precision_notes(device, cfg_train.precision):
         log.info(f"warning: {note}")
     seed_everything(user_config.seed)
+    phases = resolve_phases(cfg_train, info.world_size)
+    # a bad model.init_from fails here, before the data is checked or prepared
+    init = read_init_weights(user_config.model.init_from) if user_config.model.init_from and checkpoint is None \
+        else None
 
     # ---- data: check first, then splits and loaders (rank 0 prepares caches, the others wait)
     with main_first(info):
@@ -171,46 +178,50 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
     config = data.resolved_config
     if info.is_main:
         save_config(config, run_dir / "config.yaml")
-    train_loader = data.loader("train", True, cfg_train.batch_size, distributed=info.enabled, seed=user_config.seed)
-    eval_batch = user_config.eval.batch_size or cfg_train.batch_size
+    if not data.splits.get("train"):
+        raise TrainingError(f"the train split of {data.root} is empty; check data.split")
+    # validation metrics are per image: the validation batch does not change them, so it stays one size
+    eval_batch = user_config.eval.batch_size or phases[0].batch_size
     has_val = bool(data.splits.get("val"))
     val_loader = data.loader("val", False, eval_batch, distributed=info.enabled) if has_val else None
-    cleanup += [loader.close for loader in (train_loader, val_loader) if loader is not None]
-    if len(train_loader) == 0:
-        raise TrainingError(f"the train split of {data.root} is empty; check data.split")
+    if val_loader is not None:
+        cleanup.append(val_loader.close)
     if not has_val:
         log.info("warning: no validation split (data.split.val=0): best.pt is the last epoch, no early stopping")
 
     # ---- model, optimizer, schedule, scaler, EMA
     selection = task.select_metric(config, data)  # before any training: a bad eval.select fails now
     model = task.build_model(config, data.num_classes, load_pretrained=checkpoint is None).to(device)
+    if init is not None:
+        for line in load_init_weights(model, init).lines(init):
+            log.info(line)
     if cfg_train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg_train.compile:
         compile_backbone(model, cfg_train.compile_backend)
-    lr = scaled_lr(cfg_train, info.world_size)
-    optimizer = build_optimizer(model, cfg_train, lr)
-    micro_batches = len(train_loader)
-    if cfg_train.max_iters_per_epoch:
-        micro_batches = min(micro_batches, cfg_train.max_iters_per_epoch * cfg_train.accumulation)
-    updates_per_epoch = math.ceil(micro_batches / cfg_train.accumulation)
-    schedule = build_schedule(optimizer, cfg_train, updates_per_epoch, lr)
+    # one optimizer for the whole run, every parameter registered (frozen ones too): its state carries on
+    # across phases and unfreezing; the PhaseSchedule sets every group's lr
+    optimizer = build_optimizer(model, cfg_train, phases[0].lr)
+    schedule = PhaseSchedule(optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg_train.precision == "fp16")
     ema = ModelEMA(model, cfg_train.ema.decay) if cfg_train.ema.enabled else None
     state = TrainState()
     log.info(f"{task.describe(config, data)}; train/val/test = {len(data.splits['train'])}/{len(data.splits.get('val', []))}/"
-             f"{len(data.splits.get('test', []))} frames; effective batch {effective_batch(cfg_train, info.world_size)} "
-             f"(batch {cfg_train.batch_size} x accumulation {cfg_train.accumulation} x {info.world_size} process(es)), "
-             f"lr {lr:g}")
+             f"{len(data.splits.get('test', []))} frames")
+    first = phases[cfg_train.start_phase - 1]
+    for phase in phases:
+        skipped = f" (skipped: train.start_phase={cfg_train.start_phase})" if phase.index < first.index else ""
+        log.info(phase.describe(len(phases), info.world_size, skipped) if len(phases) > 1 or cfg_train.phases else
+                 f"effective batch {phase.effective_batch(info.world_size)} (batch {phase.batch_size} x accumulation "
+                 f"{phase.accumulation} x {info.world_size} process(es)), lr {phase.lr:g}")
     for note in recipe_warnings(config, len(data.splits["train"])):  # e.g. a large backbone from scratch
         log.info(f"warning: {note}")
 
-    # ---- resume
+    # ---- resume, or start (at train.start_phase: the earlier phases are skipped)
     if checkpoint is not None:
         training = checkpoint["training"]
         model.load_state_dict(training["model"])
         optimizer.load_state_dict(training["optimizer"])
-        schedule.load_state_dict(training["schedule"])
         scaler.load_state_dict(training["scaler"])
         if ema is not None:
             ema.load_state_dict(training["ema"])
@@ -220,28 +231,60 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
         log.info(f"resumed from {checkpoint['path']} after epoch {state.epoch} (step {state.global_step})")
     else:
         log.params(_flatten(config_to_dict(config)))
+        if first.index > 0:
+            state.epoch = first.start_epoch
+            log.info(f"starting at phase {first.index + 1} ({first.name}, epoch {first.start_epoch + 1}); "
+                     f"{'weights from model.init_from' if init else 'warning: no model.init_from, so it starts from the initial weights'}")
+        if ema is not None and init is not None:
+            ema = ModelEMA(model, cfg_train.ema.decay)  # the average starts from the loaded weights
 
     ckpt_dir = run_dir / "checkpoints"
     eval_model = ema.module if ema is not None else model
     frozen: list[int] | None = None
     ddp_model: nn.Module = model
-    clock = TrainingClock(cfg_train.epochs, micro_batches)  # the ETAs of the iteration and epoch lines
+    # a mixture of experts leaves the experts no image chose without a gradient: DDP must look for them
+    find_unused = cfg_train.find_unused_parameters or (config.task == "segment" and config.model.seg.moe.enabled)
+    phase: Phase | None = None
+    train_loader: Any = None
+    micro_batches = 0
+    clock = TrainingClock(cfg_train.epochs, 1)
+    session_start = state.epoch
     for epoch in range(state.epoch, cfg_train.epochs):
-        stages = apply_freeze(model, cfg_train.freeze, epoch)
+        if phase is None or epoch >= phase.end_epoch:  # a phase starts (or a session resumes inside one)
+            phase = phase_of(phases, epoch)
+            if train_loader is not None:
+                train_loader.close()
+            train_loader = data.loader("train", True, phase.batch_size, distributed=info.enabled, seed=user_config.seed)
+            cleanup.append(train_loader.close)
+            micro_batches = _micro_batches(train_loader, phase, cfg_train.max_iters_per_epoch, data)
+            schedule.start(phase, math.ceil(micro_batches / phase.accumulation), epoch)
+            clock = TrainingClock(cfg_train.epochs, micro_batches)  # the ETAs of the iteration and epoch lines
+            if len(phases) > 1 and epoch == phase.start_epoch and epoch > session_start:  # listed at the start
+                log.info(f"epoch {epoch + 1}: phase {phase.index + 1}/{len(phases)} {phase.name} starts: batch "
+                         f"{phase.batch_size} x accumulation {phase.accumulation}, lr {phase.lr:.3g}")
+        stages = phase.frozen_stages(epoch, cfg_train.freeze)
         if stages != frozen:
+            set_frozen_stages(model, stages, cfg_train.freeze.include_fusion)
             if stages or frozen:
                 log.info(f"epoch {epoch + 1}: encoder stages frozen: {stages or 'none'}")
             frozen = stages
-            ddp_model = _wrap_ddp(model, info, device, cfg_train.find_unused_parameters)  # DDP must see the current requires_grad flags
+            ddp_model = _wrap_ddp(model, info, device, find_unused)  # DDP must see the current requires_grad flags
         epoch_start = time.perf_counter()
         clock.start_epoch()
         stats = _train_one_epoch(ddp_model, model, ema, optimizer, schedule, scaler, train_loader, micro_batches,
-                                 epoch, state, config, info, device, log, clock, task.loss_keys(config))
+                                 epoch, state, config, info, device, log, clock, task.loss_keys(config),
+                                 phase.accumulation)
         clock.end_training()
         state.epoch = epoch + 1
         state.train_time_s += time.perf_counter() - epoch_start
         row: dict[str, Any] = {"epoch": epoch + 1, **stats, "frozen_stages": stages,
                                "epoch_time_s": time.perf_counter() - epoch_start}
+        if len(phases) > 1:
+            row["phase"] = phase.name
+        if (model_stats := _model_epoch_stats(model, info)):  # e.g. the MoE's per-expert load
+            row.update(model_stats)
+            if hasattr(model, "describe_epoch_stats"):
+                log.info(f"epoch {epoch + 1}: {model.describe_epoch_stats(model_stats)}")
 
         # ---- validation, best checkpoint, early stopping
         validate_now = has_val and (state.epoch % cfg_train.val_every == 0 or state.epoch == cfg_train.epochs)
@@ -310,7 +353,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                      schedule: Any, scaler: torch.amp.GradScaler, loader: Any, micro_batches: int, epoch: int,
                      state: TrainState, config: ExperimentConfig, info: DistInfo, device: torch.device,
                      log: RunLog, clock: TrainingClock | None = None,
-                     loss_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+                     loss_keys: tuple[str, ...] = (), accumulation: int | None = None) -> dict[str, Any]:
     cfg = config.train
     ddp_model.train()
     if hasattr(loader, "set_epoch"):  # DetectionLoader: the epoch's permutation, augmentation and worker seeds
@@ -319,7 +362,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
         for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
-    accumulation = cfg.accumulation
+    accumulation = accumulation or cfg.accumulation
     full_groups = micro_batches // accumulation
     trainable = [p for p in model.parameters() if p.requires_grad]
     norm_stats = BatchNormGuard(model)
@@ -327,6 +370,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
     counted = 0
     images_seen = 0
     skipped = 0
+    overflows = 0
     group_ok = True
     group_stems: list[str] = []
     start = time.perf_counter()
@@ -375,10 +419,25 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                 # fp16 overflow is the GradScaler's business (it skips the step and lowers the scale)
                 group_ok = scaler.is_enabled() or _all_ranks_true(bool(torch.isfinite(grad_norm).item()), info, device)
             if group_ok:
+                scale = scaler.get_scale() if scaler.is_enabled() else 0.0
                 scaler.step(optimizer)
                 scaler.update()
-                if ema is not None:
-                    ema.update(model)
+                # fp16: the scaler skips an update whose gradients overflowed and lowers its scale; that is its
+                # normal way of finding the scale (counted, logged, never fatal unless it never recovers)
+                if scaler.is_enabled() and scaler.get_scale() < scale:
+                    overflows += 1
+                    state.overflow_total += 1
+                    state.overflow_streak += 1
+                    if state.overflow_streak >= cfg.max_overflow_streak:
+                        raise TrainingError(
+                            f"{state.overflow_streak} consecutive fp16 updates overflowed (loss scale now "
+                            f"{scaler.get_scale():g}, epoch {epoch + 1}, iteration {i + 1}): the model's gradients "
+                            "overflow whatever the scale. Lower train.lr, set train.grad_clip, or use "
+                            "train.precision=bf16/fp32.")
+                else:
+                    state.overflow_streak = 0
+                    if ema is not None:
+                        ema.update(model)
                 state.bad_streak = 0
             else:
                 norm_stats.restore()
@@ -395,16 +454,13 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                         "checkpoint is kept. Lower train.lr, set train.grad_clip, try train.precision=fp32, or "
                         "check the data with `cadet data check`.")
             optimizer.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():
-                # the schedule's clock ticks on skipped updates too, which torch warns about once
-                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-                schedule.step()
+            schedule.step()  # the schedule's clock ticks on skipped updates too
             state.global_step += 1
             group_ok = True
             group_stems = []
             elapsed = time.perf_counter() - start
             current = {k: v / max(counted, 1) for k, v in sums.items()}
-            lr = optimizer.param_groups[-1]["lr"]
+            lr = _heads_lr(optimizer)
             progress.update(i + 1, current["loss"], lr, images_seen / max(elapsed, 1e-9))
             if state.global_step % cfg.log_every == 0 and counted:
                 log.batch({"epoch": epoch + 1, "iteration": i + 1, "global_step": state.global_step, **current,
@@ -416,8 +472,50 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
         raise TrainingError(f"epoch {epoch + 1}: every batch had a non-finite loss; nothing was learned")
     elapsed = time.perf_counter() - start
     means = all_reduce_mean({k: v / counted for k, v in sums.items()}, info, device)
-    return {**means, "lr": optimizer.param_groups[-1]["lr"], "skipped_updates": skipped,
-            "train_img_per_s": images_seen / max(elapsed, 1e-9)}
+    out = {**means, "lr": _heads_lr(optimizer), "skipped_updates": skipped,
+           "train_img_per_s": images_seen / max(elapsed, 1e-9)}
+    backbone_lr = next((g["lr"] for g in optimizer.param_groups if g.get("name", "").startswith("backbone")), None)
+    if backbone_lr is not None and backbone_lr != out["lr"]:
+        out["lr_backbone"] = backbone_lr
+    if scaler.is_enabled():
+        out["overflow_skips"] = overflows
+        if overflows:
+            log.info(f"epoch {epoch + 1}: {overflows} fp16 update(s) skipped by the GradScaler (gradient overflow; "
+                     f"loss scale now {scaler.get_scale():g})")
+    return out
+
+
+def _heads_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The lr of the heads (the first non-backbone group): the lr a recipe quotes."""
+    for group in optimizer.param_groups:
+        if not group.get("name", "heads").startswith("backbone"):
+            return float(group["lr"])
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _micro_batches(loader: Any, phase: Phase, cap: int | None, data: Any) -> int:
+    """Micro-batches of one epoch of ``phase`` (``train.max_iters_per_epoch`` caps its updates)."""
+    micro = len(loader)
+    if micro == 0:
+        raise TrainingError(f"the train split of {data.root} gives no batch of {phase.batch_size}; check data.split")
+    return min(micro, cap * phase.accumulation) if cap else micro
+
+
+def _model_epoch_stats(model: nn.Module, info: DistInfo) -> dict[str, float]:
+    """Statistics a model gathers while training (the MoE's per-expert load), summed over DDP ranks."""
+    gather = getattr(model, "pop_epoch_stats", None)
+    if gather is None:
+        return {}
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        if info.enabled:
+            import torch.distributed as dist
+
+            t = t.clone()
+            dist.all_reduce(t)
+        return t
+
+    return gather(reduce)
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -120,12 +120,20 @@ def _config_table(configs: list[ConfigResult], results: StudyResults, tag: str =
 
 def _recipe(plan: StudyPlan) -> str:
     t = plan.base_config.train
+    data = f"data: {plan.base_config.data.root or 'built-in synthetic scenes'}"
+    if t.phases:  # each phase has its own batch, lr and schedule (engine/phases.py)
+        from crossattentiondet.engine.phases import resolve_phases
+
+        momentum = f"momentum {t.optimizer.momentum:g}, " if t.optimizer.type == "sgd" else ""
+        phases = "; ".join(p.describe(len(t.phases)) for p in resolve_phases(t))
+        return (f"{plan.base_config.model.backbone}, {t.epochs} epochs in {len(t.phases)} phases, "
+                f"{t.optimizer.type} ({momentum}weight decay {t.optimizer.weight_decay:g}), {t.precision}: "
+                f"{phases}; {data}")
     schedule = t.schedule.type + (f" (step {t.schedule.step_size:g} epochs, gamma {t.schedule.gamma:g})"
                                   if t.schedule.type == "step" else "")
     return (f"{plan.base_config.model.backbone}, {t.epochs} epochs, batch {t.batch_size} x accumulation "
             f"{t.accumulation}, {t.optimizer.type} lr {t.lr:g} (momentum {t.optimizer.momentum:g}, weight decay "
-            f"{t.optimizer.weight_decay:g}), {schedule} schedule, {t.precision}; data: "
-            f"{plan.base_config.data.root or 'built-in synthetic scenes'}")
+            f"{t.optimizer.weight_decay:g}), {schedule} schedule, {t.precision}; {data}")
 
 
 def _numeric(values: list[Any]) -> bool:
