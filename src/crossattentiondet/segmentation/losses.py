@@ -4,7 +4,8 @@ Binary (COD, one logit map): ``loss_bce`` (BCE with logits), ``loss_iou`` (soft 
 ``loss_edge`` (MSE between the Sobel gradient magnitudes of sigmoid(pred) and of the GT), ``loss_deep``
 (deep supervision: ``deep_supervision`` x the mean BCE of the deep heads). Semantic (K maps): ``loss_ce``
 (cross-entropy), ``loss_dice`` (soft Dice, only when its weight is > 0), ``loss_deep`` (mean CE of the deep
-heads). Mask value 255 is ignored by every term. The key set is fixed per config (:func:`seg_loss_keys`);
+heads). With ``model.seg.moe``: ``loss_moe_balance`` and ``loss_moe_z`` (the router's, from the neck).
+Mask value 255 is ignored by every term. The key set is fixed per config (:func:`seg_loss_keys`);
 terms are computed in float32 whatever the autocast precision.
 """
 
@@ -29,7 +30,9 @@ def seg_loss_keys(binary: bool, seg_config: SegmentationConfig) -> tuple[str, ..
     """The keys the loss returns for this config (the same every batch; the trainer sums them)."""
     keys = ("loss_bce", "loss_iou", "loss_edge") if binary else (
         ("loss_ce", "loss_dice") if seg_config.loss.dice > 0 else ("loss_ce",))
-    return (*keys, "loss_deep") if seg_config.deep_supervision else keys
+    keys = (*keys, "loss_deep") if seg_config.deep_supervision else keys
+    # the MoE router's losses (segmentation/moe.py), added by the Segmenter
+    return (*keys, "loss_moe_balance", "loss_moe_z") if seg_config.moe.enabled else keys
 
 
 def _check_values(mask: Tensor, num_classes: int) -> None:

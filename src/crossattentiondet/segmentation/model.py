@@ -1,12 +1,14 @@
-"""The segmenter: any encoder of the project (MiT one/two streams with the fusion plan, or timm) + a U-Net or
-MLP decoder. It owns the input normalisation (the detector's :func:`normalize_input`) and modality zeroing.
+"""The segmenter: any encoder of the project (MiT one/two streams with the fusion plan, or timm), optionally a
+mixture-of-experts neck on its 4 scales (``model.seg.moe``, segmentation/moe.py), and a U-Net or MLP decoder. It owns the input normalisation (the detector's :func:`normalize_input`) and modality zeroing.
 
 Binary (COD, 2 classes incl. background) -> one logit map; K classes -> K maps. State-dict keys:
 ``backbone.encoder.*`` (as the detector's, so the engine's encoder-stream groups and freezing apply) and
-``decoder.*``.
+``neck.*`` (MoE) and ``decoder.*``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,7 @@ from crossattentiondet.config import ConfigError, ExperimentConfig, Segmentation
 from crossattentiondet.models.detector import InputLayout, _as_slice, build_encoder, normalize_input
 from crossattentiondet.segmentation.decoders import MLPDecoder, UNetDecoder
 from crossattentiondet.segmentation.losses import binary_seg_loss, semantic_seg_loss
+from crossattentiondet.segmentation.moe import MoENeck, describe_stats
 
 
 def _memory_format(module: nn.Module) -> torch.memory_format:
@@ -48,9 +51,10 @@ class Segmenter(nn.Module):
     """Encoder + decoder over raw multi-modal input; training mode with targets returns the loss dict."""
 
     def __init__(self, encoder: nn.Module, layout: InputLayout, decoder: nn.Module, num_classes: int,
-                 seg_config: SegmentationConfig) -> None:
+                 seg_config: SegmentationConfig, neck: MoENeck | None = None) -> None:
         super().__init__()
         self.backbone = SegBackbone(encoder, layout.stream_channels)
+        self.neck = neck
         self.decoder = decoder
         self.layout = layout
         self.num_classes = num_classes
@@ -81,6 +85,8 @@ class Segmenter(nn.Module):
         x = normalize_input(x, self.layout, self.zero_channels).contiguous(memory_format=fmt)
         # MiT maps come channels_last-strided; the decoder gets the layout its weights have (see the detector)
         feats = [f.contiguous(memory_format=fmt) for f in self.backbone(x)]
+        if self.neck is not None:
+            feats = self.neck(feats)
         out = self.decoder(feats, x.shape[-2:])
         logits, deep = out if isinstance(out, tuple) else (out, None)
         if not (self.training and targets is not None):
@@ -92,7 +98,18 @@ class Segmenter(nn.Module):
         # the key set follows the config (seg_loss_keys): a deep term whenever deep supervision is on
         deep = (deep or []) if self.seg_config.deep_supervision else None
         loss = binary_seg_loss if self.binary else semantic_seg_loss
-        return loss(logits, mask, deep, self.seg_config.loss)
+        losses = loss(logits, mask, deep, self.seg_config.loss)
+        if self.neck is not None:  # the router's load-balancing and z losses (seg_loss_keys lists them)
+            losses.update(self.neck.aux_losses())
+        return losses
+
+    def pop_epoch_stats(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """The MoE's per-expert load since the last call (the trainer logs it per epoch); {} without MoE."""
+        return self.neck.pop_epoch_stats(reduce) if self.neck is not None else {}
+
+    @staticmethod
+    def describe_epoch_stats(stats: dict[str, float]) -> str:
+        return describe_stats(stats)
 
 
 def _stack(tensors: list[Tensor], what: str) -> Tensor:
@@ -122,6 +139,7 @@ def build_segmenter(config: ExperimentConfig, num_classes: int, load_pretrained:
             raise ConfigError("model.seg.deep_supervision needs model.seg.decoder=unet (the mlp decoder has no "
                               "intermediate levels)")
         decoder = MLPDecoder(encoder.out_channels, seg.mlp_dim, out)
-    model = Segmenter(encoder, layout, decoder, num_classes, seg)
+    neck = MoENeck(list(encoder.out_channels), seg.moe) if seg.moe.enabled else None
+    model = Segmenter(encoder, layout, decoder, num_classes, seg, neck)
     model.set_zero_modalities(config.model.zero_modalities)
     return model
