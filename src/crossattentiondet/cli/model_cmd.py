@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from crossattentiondet.cli.common import add_config_args, config_from_args, parse_size, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from crossattentiondet.cli.camoxpert import add_camoxpert_flags
+    from crossattentiondet.cli.train_cmd import add_seed_flags
+
     p = sub.add_parser("config", help="print the fully resolved config (defaults + file + overrides)",
                        description="Print the resolved experiment config as YAML (or JSON): every key with its "
-                                   "value. Presets: --config preset:NAME.")
+                                   "value, then (YAML) one comment line per training phase. Presets: --config "
+                                   "preset:NAME. Takes `cadet train`'s flags too (the original scripts' and "
+                                   "camoXpert's), to show what they would train; notes go to stderr.")
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     p.add_argument("--presets", action="store_true", help="list the presets shipped with the package")
+    add_seed_flags(p)
+    add_camoxpert_flags(p)
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("model-info", help="parameters per component and FLOPs of a configured detector",
@@ -39,16 +47,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from crossattentiondet.config import config_to_dict, preset_names
+    from crossattentiondet.cli.camoxpert import phase_summary_lines
+    from crossattentiondet.cli.train_cmd import flag_config
+    from crossattentiondet.config import config_to_dict, load_config, preset_names
 
     if args.presets:
         print("\n".join(f"preset:{name}" for name in preset_names()))
         return 0
-    tree = config_to_dict(config_from_args(args))
+    notes: list[str] = []
+    base, overrides = flag_config(args, notes)
+    config = load_config(base, overrides)
+    for note in notes:  # stderr: stdout stays a valid YAML / JSON document
+        print(note if note.startswith("warning: ") else f"note: {note}", file=sys.stderr)
+    tree = config_to_dict(config)
     if args.json:
         print_json(tree)
     else:
         print(yaml.safe_dump(tree, sort_keys=False), end="")
+        print("\n".join(phase_summary_lines(config)))
     return 0
 
 

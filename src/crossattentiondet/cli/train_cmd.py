@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from crossattentiondet.cli.camoxpert import add_camoxpert_flags, camoxpert_overrides, generic_overrides
 from crossattentiondet.cli.common import add_config_args, print_json
 from crossattentiondet.config import ConfigError, load_config
 
@@ -19,27 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help="train a detector (one run directory, resumable)",
         description="Train a detector. With no data configured it trains on the built-in synthetic data set. "
                     "Configure with --config and key=value overrides; the original scripts' flags "
-                    "(--data, --epochs, --cssa-stages, ...) are accepted too.")
+                    "(--data, --epochs, --cssa-stages, ...) are accepted too, and so are camoXpert's "
+                    "train_ultimate.py flags (--dataset-path, --stage2-lr, ...: seeds/004, a two-stage "
+                    "camouflaged-object segmentation run from preset:camoxpert).")
     add_config_args(p)
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
                    help="continue from last.pt of this run (or of the run directory / checkpoint PATH)")
-    seed = p.add_argument_group("original-script flags (aliases for config keys)")
-    seed.add_argument("--data", help="data root, or the images folder when --labels is given (data.root)")
-    seed.add_argument("--labels", help="YOLO labels folder (data.labels)")
-    seed.add_argument("--epochs", type=int, help="train.epochs")
-    seed.add_argument("--batch-size", type=int, help="train.batch_size")
-    seed.add_argument("--lr", type=float, help="train.lr")
-    seed.add_argument("--backbone", help="model.backbone (mit_b0..mit_b5)")
-    seed.add_argument("--model", choices=["baseline", "frm_ffm", "cssa", "gaff", "add", "concat", "early_fusion"],
-                      help="fusion type (baseline = FRM+FFM at every stage)")
-    seed.add_argument("--cssa-stages", help="CSSA stages, e.g. \"3\" or \"2,3\"")
-    seed.add_argument("--cssa-thresh", type=float, help="CSSA switching threshold")
-    seed.add_argument("--cssa-kernel", type=int, help="CSSA ECA kernel size")
-    seed.add_argument("--gaff-stages", help="GAFF stages, e.g. \"3\" or \"2,3,4\"")
-    seed.add_argument("--gaff-se-reduction", type=int, help="GAFF SE reduction")
-    seed.add_argument("--gaff-inter-shared", help="GAFF shared inter-modality gate (true/false)")
-    seed.add_argument("--gaff-merge-bottleneck", help="GAFF bottleneck merge (true/false)")
-    seed.add_argument("--output-dir", help="run directory (output.root = its parent, name = its name)")
+    add_seed_flags(p)
+    add_camoxpert_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained checkpoint (COCO or segmentation metrics, robustness, plots)",
@@ -70,6 +58,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--panels", type=int, default=16, help="frames shown in panels.png (0: none)")
     p.set_defaults(func=cmd_predict)
     register_demo(sub)
+
+
+def add_seed_flags(parser: argparse.ArgumentParser) -> None:
+    """The original CrossAttentionDet scripts' flags (seeds/000, seeds/002) as an argument group."""
+    seed = parser.add_argument_group(
+        "original-script flags (aliases for config keys)",
+        "--epochs, --batch-size, --lr and --backbone take camoXpert's meaning when a camoXpert flag is given "
+        "(see below)")
+    seed.add_argument("--data", help="data root, or the images folder when --labels is given (data.root)")
+    seed.add_argument("--labels", help="YOLO labels folder (data.labels)")
+    seed.add_argument("--epochs", type=int, help="train.epochs (camoXpert: both stages' epochs; default 120)")
+    seed.add_argument("--batch-size", type=int, help="train.batch_size (camoXpert: stage-1 batch; default 2)")
+    seed.add_argument("--lr", type=float, help="train.lr (camoXpert: stage-1 lr; default 2.5e-4)")
+    seed.add_argument("--backbone", help="model.backbone (mit_b0..mit_b5; camoXpert: a timm model name, "
+                                         "model.backbone=timm:NAME; default edgenext_base)")
+    seed.add_argument("--model", choices=["baseline", "frm_ffm", "cssa", "gaff", "add", "concat", "early_fusion"],
+                      help="fusion type (baseline = FRM+FFM at every stage)")
+    seed.add_argument("--cssa-stages", help="CSSA stages, e.g. \"3\" or \"2,3\"")
+    seed.add_argument("--cssa-thresh", type=float, help="CSSA switching threshold")
+    seed.add_argument("--cssa-kernel", type=int, help="CSSA ECA kernel size")
+    seed.add_argument("--gaff-stages", help="GAFF stages, e.g. \"3\" or \"2,3,4\"")
+    seed.add_argument("--gaff-se-reduction", type=int, help="GAFF SE reduction")
+    seed.add_argument("--gaff-inter-shared", help="GAFF shared inter-modality gate (true/false)")
+    seed.add_argument("--gaff-merge-bottleneck", help="GAFF bottleneck merge (true/false)")
+    seed.add_argument("--output-dir", help="run directory (output.root = its parent, name = its name)")
+
+
+def flag_config(args: argparse.Namespace, notes: list[str]) -> tuple[str | None, list[str]]:
+    """(config to load, every override) from the command's flags and its key=value overrides.
+
+    camoXpert's flags (:mod:`crossattentiondet.cli.camoxpert`) when any camoXpert-only flag is given: the base
+    is --config or preset:camoxpert; else the CrossAttentionDet scripts' flags on --config (or the defaults).
+    The flags' overrides come first, the explicit key=value ones after them.
+    """
+    explicit = list(args.overrides or [])
+    base, overrides = camoxpert_overrides(args, notes, explicit)
+    if base is None:  # no camoXpert flag: the CrossAttentionDet scripts' flags, as always
+        base = args.config
+        overrides = seed_flag_overrides(args, notes, explicit)
+        for flag, text in generic_overrides(args):  # --seed, --device, ...: their plain keys
+            key = text.split("=", 1)[0]
+            clash = next((e for e in explicit if e.split("=", 1)[0] == key and e != text), None)
+            if clash is not None:
+                raise ConfigError(f"{flag} conflicts with the override {clash} (both set {key}); give it one way, "
+                                  "the flag or the override")
+            overrides.append(text)
+    return base, overrides + explicit
 
 
 def seed_flag_overrides(args: argparse.Namespace, note: list[str], explicit: list[str] | None = None) -> list[str]:
@@ -224,14 +259,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         # `--resume train.epochs=30`: argparse took the override for --resume's optional path
         args.overrides = [resume, *(args.overrides or [])]
         resume = True
-    overrides = seed_flag_overrides(args, notes, list(args.overrides or [])) + list(args.overrides or [])
+    args.resume = resume  # camoXpert's flags: `--resume RUN` makes the run's own config their base
+    base, overrides = flag_config(args, notes)
     for note in notes:
-        print(f"note: {note}")
+        print(note if note.startswith("warning: ") else f"note: {note}")
     if resume is not False and resume is not True and not args.config:
         # `cadet train --resume runs/x [key=value ...]`: the run's own config, changed by the overrides
         result = train(None, resume=resume, overrides=overrides)
     else:
-        result = train(load_config(args.config, overrides), resume=resume)
+        result = train(load_config(base, overrides), resume=resume)
     if result.finished:
         print(f"run finished: {result.run_dir}")
         if result.test_metrics:
