@@ -67,7 +67,7 @@ def test_warmup_scales_every_group_by_one_factor() -> None:
     assert heads[0] < heads[5] < heads[9]  # warming up
     assert all(b == pytest.approx(0.1 * h) for h, b in zip(heads, backbone))  # the 0.1x survives the warmup
     assert heads[0] == pytest.approx(0.01 * schedule_factor(0, phase.schedule, 5, 20, 0.01))
-    assert min(heads) >= 0.001 * (0.001 + 0.999 * 0) - 1e-12  # the floor is min_lr times the warmup factor
+    assert min(heads) >= 0.001 - 1e-12  # never below min_lr, warmup included (the floor applies after it)
 
 
 def test_schedules_restart_and_one_cycle() -> None:
@@ -188,3 +188,15 @@ def test_detection_trains_in_phases_too(tmp_path: Path, trees) -> None:
     assert result.finished and [r["phase"] for r in rows] == ["phase1", "phase2"]
     assert [r["frozen_stages"] for r in rows] == ["1 2 3 4", ""]
     assert float(rows[1]["lr"]) == pytest.approx(0.005)  # constant schedule: the phase's own lr
+
+
+def test_a_phase_schedule_changes_only_its_keys_and_short_progressive_phases_end_unfrozen() -> None:
+    raw = {"epochs": 4, "schedule": {"type": "cosine", "min_lr": 0.001},
+           "phases": [{"epochs": 2, "schedule": {"warmup_epochs": 1}, "freeze": "progressive"}, {}]}
+    train_cfg = TrainConfig.model_validate(raw)
+    first = resolve_phases(train_cfg)[0]
+    assert (first.schedule.type, first.schedule.min_lr, first.schedule.warmup_epochs) == ("cosine", 0.001, 1.0)
+    again = TrainConfig.model_validate(train_cfg.model_dump())  # a saved config reads back the same
+    assert resolve_phases(again)[0].schedule == first.schedule
+    # 2 epochs, 3 unfreeze steps: the last epoch trains every stage all the same
+    assert [first.frozen_stages(e, train_cfg.freeze) for e in (0, 1)] == [[1, 2, 3], []]

@@ -568,7 +568,7 @@ class PhaseConfig(StrictModel):
     """One phase of ``train.phases``: its own length, batch, lr, schedule and what is frozen.
 
     Unset values are the ``train`` section's (``train.batch_size``, ``.accumulation``, ``.lr``,
-    ``.optimizer.backbone_lr_mult``, ``.schedule``). The schedule restarts at each phase (warmup and cosine
+    ``.optimizer.backbone_lr_mult``, ``.schedule``; a phase's ``schedule`` changes only the keys it names). The schedule restarts at each phase (warmup and cosine
     over the phase's own updates); the optimizer and its state carry on from phase to phase.
     ``freeze``: ``backbone`` = the encoder streams are frozen for the whole phase; ``none``; ``progressive``
     = the last encoder stage trains first, then one more stage at each of ``unfreeze_steps`` steps spread
@@ -653,6 +653,12 @@ class TrainConfig(StrictModel):
         names = [p.name for p in self.phases if p.name is not None]
         if len(set(names)) != len(names):
             raise ValueError(f"train.phases: phase names must be unique, got {names}")
+        for phase in self.phases:
+            if phase.schedule is not None:
+                # a phase's schedule changes the keys it names of train.schedule (`{warmup_epochs: 2}` keeps
+                # train.schedule's type); stored merged, so a saved config reads back as the same schedule
+                merged = self.schedule.model_copy(update=phase.schedule.model_dump(exclude_unset=True))
+                phase.__dict__["schedule"] = ScheduleConfig.model_validate(merged.model_dump())
         return self
 
     def phase_epochs(self) -> list[int]:

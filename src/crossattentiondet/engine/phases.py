@@ -63,6 +63,8 @@ class Phase:
         # the last step trains them all
         local = epoch - self.start_epoch
         step = min(local * self.unfreeze_steps // self.epochs, self.unfreeze_steps - 1)
+        if local == self.epochs - 1:  # a phase shorter than its steps still ends with every stage training
+            step = self.unfreeze_steps - 1
         trainable = 4 if step == self.unfreeze_steps - 1 else min(step + 1, 4)
         return [s for s in ALL_STAGES if s <= 4 - trainable]
 

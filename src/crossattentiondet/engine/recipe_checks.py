@@ -24,7 +24,7 @@ def recipe_warnings(config: ExperimentConfig, train_frames: int) -> list[str]:
     model = config.model
     out: list[str] = []
     custom_size = model.mit.embed_dims is not None or model.mit.depths is not None  # the user sized it
-    if model.backbone in LARGE_BACKBONES and model.pretrained is None and not custom_size \
+    if model.backbone in LARGE_BACKBONES and model.pretrained is None and model.init_from is None and not custom_size \
             and train_frames < SMALL_TRAIN_FRAMES:
         hub = model.backbone.replace("_", "-")
         out.append(f"model.backbone={model.backbone} trains from scratch (model.pretrained is unset) on "

@@ -259,6 +259,8 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
             micro_batches = _micro_batches(train_loader, phase, cfg_train.max_iters_per_epoch, data)
             schedule.start(phase, math.ceil(micro_batches / phase.accumulation), epoch)
             clock = TrainingClock(cfg_train.epochs, micro_batches)  # the ETAs of the iteration and epoch lines
+            if epoch == phase.start_epoch:  # early stopping judges each phase on its own validations
+                state.stale_validations = 0
             if len(phases) > 1 and epoch == phase.start_epoch and epoch > session_start:  # listed at the start
                 log.info(f"epoch {epoch + 1}: phase {phase.index + 1}/{len(phases)} {phase.name} starts: batch "
                          f"{phase.batch_size} x accumulation {phase.accumulation}, lr {phase.lr:.3g}")
@@ -425,6 +427,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
                 # fp16: the scaler skips an update whose gradients overflowed and lowers its scale; that is its
                 # normal way of finding the scale (counted, logged, never fatal unless it never recovers)
                 if scaler.is_enabled() and scaler.get_scale() < scale:
+                    norm_stats.restore()  # the skipped update leaves no trace in the BatchNorm statistics
                     overflows += 1
                     state.overflow_total += 1
                     state.overflow_streak += 1
