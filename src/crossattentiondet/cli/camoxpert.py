@@ -555,6 +555,7 @@ def _value_notes(v: dict[str, Any], is_given: set[str], tree: dict[str, Any] | N
 
 def _check_conflicts(plan: _Plan, explicit: list[str]) -> None:
     """A given flag and an explicit override that set one key (or one inside the other) is an error."""
+    from crossattentiondet.cli.common import check_flag_conflicts
     from crossattentiondet.config import parse_override
 
     claimed = []
@@ -562,15 +563,7 @@ def _check_conflicts(plan: _Plan, explicit: list[str]) -> None:
         if conflicts:
             path, value = parse_override(text)
             claimed.append((flag_text, ".".join(path), value))
-    for text in explicit:
-        path, value = parse_override(text)
-        key = ".".join(path)
-        for flag_text, flag_key, flag_value in claimed:
-            if key == flag_key and value == flag_value:
-                continue  # the same value twice is no conflict
-            if key == flag_key or flag_key.startswith(key + ".") or key.startswith(flag_key + "."):
-                raise ConfigError(f"{flag_text} conflicts with the override {text} (both set "
-                                  f"{max(key, flag_key, key=len)}); give it one way, the flag or the override")
+    check_flag_conflicts(claimed, explicit)
 
 
 # ------------------------------------------------------------------------------------------- summary

@@ -41,3 +41,27 @@ def parse_size(text: str) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise ConfigError(f"size {text!r} must be positive")
     return width, height
+
+
+NO_VALUE = object()  # a key a flag decides without setting it (see check_flag_conflicts)
+
+
+def check_flag_conflicts(claimed: list[tuple[str, str, Any]], explicit: list[str],
+                         decided_hint: str = "") -> None:
+    """A flag and a key=value override that set one key (or one inside the other) is an error: one of the two
+    would be silently ignored. ``claimed``: (flag as typed, dotted key, the value the flag gives it, or
+    :data:`NO_VALUE` for a key the flag decides without setting it; ``decided_hint`` says what to do then).
+    The same value both ways is no conflict."""
+    from crossattentiondet.config import ConfigError, parse_override
+
+    for text in explicit:
+        path, value = parse_override(text)
+        key = ".".join(path)
+        for flag, flag_key, flag_value in claimed:
+            if key == flag_key and value == flag_value:
+                continue  # `--backbone mit_b0 model.backbone=mit_b0`
+            if key == flag_key or flag_key.startswith(key + ".") or key.startswith(flag_key + "."):
+                if flag_value is NO_VALUE:
+                    raise ConfigError(f"{flag} conflicts with the override {text}: {decided_hint}")
+                raise ConfigError(f"{flag} conflicts with the override {text} (both set "
+                                  f"{max(key, flag_key, key=len)}); give it one way, the flag or the override")

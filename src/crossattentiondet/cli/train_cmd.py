@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from crossattentiondet.cli.camoxpert import add_camoxpert_flags, camoxpert_overrides, generic_overrides
-from crossattentiondet.cli.common import add_config_args, print_json
+from crossattentiondet.cli.common import NO_VALUE, add_config_args, check_flag_conflicts, print_json
 from crossattentiondet.config import ConfigError, load_config
 
 # the original scripts' flags (seeds/000, seeds/002), accepted so their commands work with `cadet train`
@@ -97,14 +97,17 @@ def flag_config(args: argparse.Namespace, notes: list[str]) -> tuple[str | None,
     if base is None:  # no camoXpert flag: the CrossAttentionDet scripts' flags, as always
         base = args.config
         overrides = seed_flag_overrides(args, notes, explicit)
-        for flag, text in generic_overrides(args):  # --seed, --device, ...: their plain keys
-            key = text.split("=", 1)[0]
-            clash = next((e for e in explicit if e.split("=", 1)[0] == key and e != text), None)
-            if clash is not None:
-                raise ConfigError(f"{flag} conflicts with the override {clash} (both set {key}); give it one way, "
-                                  "the flag or the override")
-            overrides.append(text)
+        generic = generic_overrides(args)  # --seed, --device, ...: their plain keys
+        check_flag_conflicts([(flag, *_key_value(text)) for flag, text in generic], explicit)
+        overrides += [text for _, text in generic]
     return base, overrides + explicit
+
+
+def _key_value(override: str) -> tuple[str, object]:
+    from crossattentiondet.config import parse_override
+
+    path, value = parse_override(override)
+    return ".".join(path), value
 
 
 def seed_flag_overrides(args: argparse.Namespace, note: list[str], explicit: list[str] | None = None) -> list[str]:
@@ -180,7 +183,6 @@ _GAFF_FLAGS = ("gaff_stages", "gaff_se_reduction", "gaff_inter_shared", "gaff_me
 # keys a flag decides besides those it sets: `--data X data.labels=Y` reads X as a data root where
 # `--data X --labels Y` reads it as the images folder
 _ALSO_CONFLICTS = {"--data": ("data.root", "data.images_dir", "data.labels")}
-_NO_VALUE = object()
 
 
 def _flag_name(dest: str) -> str:
@@ -215,22 +217,12 @@ def _check_flag_override_conflicts(args: argparse.Namespace, produced: list[tupl
         if conflicts:
             path, value = parse_override(text)
             claimed.append((flag, ".".join(path), value))
-    claimed += [(flag, key, _NO_VALUE) for flag, keys in _ALSO_CONFLICTS.items()
+    claimed += [(flag, key, NO_VALUE) for flag, keys in _ALSO_CONFLICTS.items()
                 if any(f == flag for f, _, _ in claimed) for key in keys
                 if not any(f == flag and k == key for f, k, _ in claimed)]  # a key it sets keeps its value
-    for text in explicit:
-        path, value = parse_override(text)
-        key = ".".join(path)
-        for flag, flag_key, flag_value in claimed:
-            if key == flag_key and value == flag_value:
-                continue  # the same value twice (`--backbone mit_b0 model.backbone=mit_b0`) is no conflict
-            if key == flag_key or flag_key.startswith(key + ".") or key.startswith(flag_key + "."):
-                if flag_value is _NO_VALUE:
-                    raise ConfigError(f"{_flag_text(args, flag)} conflicts with the override {text}: give the data "
-                                      "as --data/--labels flags or as data.root/data.images_dir/data.labels "
-                                      "overrides, not both")
-                raise ConfigError(f"{_flag_text(args, flag)} conflicts with the override {text} (both set "
-                                  f"{max(key, flag_key, key=len)}); give it one way, the flag or the override")
+    check_flag_conflicts([(_flag_text(args, flag), key, value) for flag, key, value in claimed], explicit,
+                         "give the data as --data/--labels flags or as data.root/data.images_dir/data.labels "
+                         "overrides, not both")
 
 
 def _stages(text: str, flag: str) -> str:
