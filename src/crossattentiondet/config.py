@@ -161,6 +161,19 @@ class ColorJitterConfig(StrictModel):
     hue: float = Field(default=0.02, ge=0, le=0.5)
 
 
+class CopyPasteConfig(StrictModel):
+    """Copy-paste (Ghiasi et al. 2021, box version): with ``prob``, 1..``max_pastes`` objects cut (box + a
+    ``margin`` of context) from other training frames of the same split are pasted at random free places, with
+    their boxes, into every modality; pasted objects cover what they land on (covered boxes are dropped as in
+    a crop). ``classes``: only these class names are pasted (None: all), e.g. the rare ball."""
+
+    prob: float = Field(default=0.0, ge=0, le=1)
+    max_pastes: int = Field(default=3, ge=1)
+    classes: list[str] | None = None
+    margin: float = Field(default=0.1, ge=0, le=1)  # context around the box, as a fraction of its side
+    max_object_size: int | None = Field(default=None, ge=1)  # paste only objects up to this many px (longer side)
+
+
 class AugmentConfig(StrictModel):
     """Training-time augmentation. Geometric transforms move all modalities and boxes together."""
 
@@ -185,6 +198,26 @@ class AugmentConfig(StrictModel):
     # mask with the image. Off by default: for detection a rotated street scene is no longer a street scene.
     vflip: float = Field(default=0.0, ge=0, le=1)
     rot90: float = Field(default=0.0, ge=0, le=1)
+    clahe_clip_limit: float = Field(default=2.0, gt=0)
+    clahe_tiles: int = Field(default=8, ge=1)  # tiles per side of the CLAHE grid (8 = 8x8)
+    motion_blur_max_kernel: int | None = Field(default=None, ge=3)  # None: always motion_blur_kernel; else random 3..max
+    # detection, tiny objects (seeds/003): objects cut from other training frames pasted in (all modalities)
+    copy_paste: CopyPasteConfig = CopyPasteConfig()
+    # four training frames in a 2x2 grid around a random centre, cut to the first frame's size (YOLO-style)
+    mosaic: float = Field(default=0.0, ge=0, le=1)
+    # multi-scale training: the shorter side drawn from [min, max] (multiples of 32, like DETR's 480..800 or
+    # the seed's 800..1333), the longer side capped at multi_scale_max_size; None: off (native size)
+    multi_scale: tuple[int, int] | None = None
+    multi_scale_max_size: int | None = Field(default=None, ge=32)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        if self.multi_scale is not None:
+            lo, hi = self.multi_scale
+            if not 32 <= lo <= hi:
+                raise ValueError(f"data.augment.multi_scale must be [min, max] with 32 <= min <= max, got "
+                                 f"{list(self.multi_scale)}")
+        return self
 
 
 class LoaderConfig(StrictModel):
@@ -213,7 +246,7 @@ class CodConfig(StrictModel):
 
 class DataConfig(StrictModel):
     root: str | None = None  # None: the built-in synthetic data set
-    layout: Literal["auto", "original", "folders", "llvip", "flir", "m3fd", "kaist", "cod10k", "sinet",
+    layout: Literal["auto", "original", "folders", "llvip", "flir", "m3fd", "kaist", "coco", "cod10k", "sinet",
                     "mfnet"] = "auto"
     images_dir: str | None = None  # original layout: defaults to <root>/images
     labels: str | None = None  # label folder or COCO json; defaults per layout
@@ -350,9 +383,75 @@ class RoiConfig(StrictModel):
     nms_thresh: float = 0.5
 
 
-class DetectorConfig(StrictModel):
-    """FPN + Faster R-CNN settings (torchvision's defaults unless said otherwise)."""
+class DetrLossConfig(StrictModel):
+    """DETR-head loss weights (Deformable DETR / DINO's): sigmoid focal classification, L1 and GIoU on boxes."""
 
+    class_weight: float = Field(default=1.0, ge=0)  # x sigmoid focal loss (summed over queries / num boxes)
+    l1_weight: float = Field(default=5.0, ge=0)  # x L1 of normalised (cx, cy, w, h)
+    giou_weight: float = Field(default=2.0, ge=0)  # x (1 - GIoU)
+    focal_alpha: float = Field(default=0.25, ge=0, le=1)
+    focal_gamma: float = Field(default=2.0, ge=0)
+
+
+class DetrMatcherConfig(StrictModel):
+    """Hungarian matching costs (scipy's linear_sum_assignment on class + L1 + GIoU costs)."""
+
+    class_cost: float = Field(default=2.0, ge=0)  # focal-style classification cost
+    l1_cost: float = Field(default=5.0, ge=0)
+    giou_cost: float = Field(default=2.0, ge=0)
+
+
+class DetrDenoisingConfig(StrictModel):
+    """DINO's contrastive denoising queries: noised copies of the ground truth (positives near a box,
+    negatives farther) that the decoder learns to reconstruct / reject; training only."""
+
+    enabled: bool = False
+    groups: int = Field(default=5, ge=1)  # copies of every ground-truth box (each one positive + one negative)
+    label_noise: float = Field(default=0.5, ge=0, le=1)  # chance a query's class is flipped at random
+    box_noise: float = Field(default=1.0, ge=0)  # box noise scale (DINO's box_noise_scale)
+    loss_weight: float = Field(default=1.0, ge=0)  # x the denoising losses (same terms as the matched ones)
+
+
+class DetrConfig(StrictModel):
+    """The DETR-family head (models/detr/): deformable encoder over the chosen encoder levels, two-stage query
+    selection, a decoder with iterative box refinement, optional denoising, auxiliary losses per layer."""
+
+    hidden_dim: int = Field(default=256, ge=8)
+    num_heads: int = Field(default=8, ge=1)
+    # encoder stages feeding the head (1..4 = strides 4, 8, 16, 32); stride 4 (stage 1) keeps tiny objects
+    levels: Stages = [2, 3, 4]
+    extra_levels: int = Field(default=1, ge=0)  # stride-2 convs on the last level (Deformable DETR adds one)
+    encoder_layers: int = Field(default=6, ge=0)
+    decoder_layers: int = Field(default=6, ge=1)
+    ffn_dim: int = Field(default=1024, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    num_points: int = Field(default=4, ge=1)  # sampling points per head and level (deformable attention)
+    num_queries: int = Field(default=300, ge=1)
+    two_stage: bool = True  # queries = the top encoder tokens (proposals), not learned embeddings
+    box_refine: bool = True  # each decoder layer refines the previous layer's boxes
+    aux_loss: bool = True  # losses on every decoder layer (and the two-stage proposals)
+    denoising: DetrDenoisingConfig = DetrDenoisingConfig()
+    loss: DetrLossConfig = DetrLossConfig()
+    matcher: DetrMatcherConfig = DetrMatcherConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> DetrConfig:
+        _check_stages(self.levels)
+        if not self.levels:
+            raise ValueError("model.detector.detr.levels: name at least one encoder stage (1..4)")
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(f"model.detector.detr.hidden_dim={self.hidden_dim} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        return self
+
+
+class DetectorConfig(StrictModel):
+    """The detection head: ``faster_rcnn`` (FPN + torchvision Faster R-CNN; torchvision's defaults unless said
+    otherwise) or ``detr`` (the DETR-family head of ``detr``). Resize policy, score threshold and detections per
+    image apply to both."""
+
+    type: Literal["faster_rcnn", "detr"] = "faster_rcnn"
+    detr: DetrConfig = DetrConfig()
     fpn_channels: int = 256
     anchor_sizes: list[list[int]] = [[32], [64], [128], [256], [512]]
     aspect_ratios: list[float] = [0.5, 1.0, 2.0]
@@ -604,6 +703,9 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     channels_last: bool = False
     tf32: bool = True
+    # cuDNN autotuning of convolutions (CUDA; fastest for fixed input sizes, nondeterministic); ignored with
+    # train.deterministic
+    cudnn_benchmark: bool = False
     compile: bool = False  # torch.compile the backbone (encoder + FPN); the detection heads stay eager
     compile_backend: str = "inductor"  # e.g. "eager" / "aot_eager" to debug compilation
     ema: EmaConfig = EmaConfig()
@@ -617,7 +719,8 @@ class TrainConfig(StrictModel):
     # DDP: every registered model uses all its trainable parameters in each step (tests/test_models.py
     # checks it), so the slower unused-parameter search is off; a custom module with unused branches sets it
     find_unused_parameters: bool = False
-    log_every: int = Field(default=20, ge=1)  # iterations between progress/TensorBoard updates
+    log_every: int = Field(default=20, ge=1)  # iterations between TensorBoard / per-batch CSV updates
+    print_every: int | None = Field(default=None, ge=1)  # iterations between console lines; None: log_every
     iteration_csv: bool = False  # also write metrics_per_batch.csv every log_every iterations
     max_iters_per_epoch: int | None = Field(default=None, ge=1)  # cap (quick runs, smoke tests)
     # training in phases (e.g. frozen backbone, then unfrozen at a smaller batch); empty: one phase of the
@@ -688,6 +791,14 @@ class EvalConfig(StrictModel):
     miss_rate: bool | Literal["auto"] = "auto"
     # detections counted in plots/confusion_matrix_<split>.png (matched at IoU 0.5)
     confusion_score_thresh: float = Field(default=0.25, ge=0.0, le=1.0)
+    # size bins of the box metrics: coco (small < 32^2, medium, large >= 96^2 px area), aitod (AI-TOD's by
+    # sqrt(area): verytiny < 8 px, tiny 8-16, small 16-32, medium >= 32; up to 1500 detections per image) or both
+    size_bins: Literal["coco", "aitod", "both"] = "coco"
+    # sliced inference for large frames with tiny objects: tiles of tile x tile px overlapping by tile_overlap,
+    # merged with class-wise NMS (tile_nms_iou); None: whole frames
+    tile: int | None = Field(default=None, ge=32)
+    tile_overlap: float = Field(default=0.2, ge=0, lt=1)
+    tile_nms_iou: float = Field(default=0.5, gt=0, le=1)
     # the validation metric that picks best.pt; None: the task's (detect: mAP; segment: Smeasure for binary,
     # mIoU for semantic). Lower-is-better metrics (MAE) are minimised.
     select: str | None = None
@@ -698,6 +809,7 @@ class MlflowConfig(StrictModel):
     tracking_uri: str | None = None  # None: local SQLite store <output.root>/mlflow.db, artifacts in mlruns/
     experiment: str = "crossattentiondet"
     tags: dict[str, str | int | float | bool] = {}  # set on the MLflow run; "mlflow.runName" names it
+    log_models: bool = False  # also upload checkpoints/best.pt as an artefact (large; off like the seed's fast config)
 
 
 class OutputConfig(StrictModel):
