@@ -17,6 +17,8 @@ LAYOUT_HELP = (f"data layout: auto (default: detect), {', '.join(LAYOUTS)}; segm
                f"{', '.join(SEG_LAYOUTS)}")
 TASK_HELP = ("detect or segment (default: segment for cod10k / sinet / mfnet trees, modality folders with "
              "masks/ and no box labels, or the config's task=segment; else detect)")
+TINY_IMAGES = 240  # crossattentiondet.data.synth_tiny.DEFAULT_IMAGES (not imported: keeps `cadet --help` light)
+TINY_SIZE = (640, 480)  # crossattentiondet.data.synth_tiny.DEFAULT_SIZE
 # layouts only segmentation reads: naming one (or finding one) selects the segmentation check and stats
 SEG_ONLY_LAYOUTS = ("cod10k", "sinet", "mfnet")
 
@@ -63,17 +65,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     defaults = SyntheticConfig()
     synth = commands.add_parser("synth", help="write the synthetic RGB + thermal + event data set (--task "
-                                "segment: camouflaged RGB + thermal scenes with masks)")
+                                "segment: camouflaged RGB + thermal scenes with masks; --task tiny: a 4-15 px ball "
+                                "and players, coco layout)")
     synth.add_argument("out", metavar="OUT", help="output folder")
-    synth.add_argument("--images", type=int, default=defaults.images, help=f"frames (default {defaults.images})")
-    synth.add_argument("--size", default=f"{defaults.size[0]}x{defaults.size[1]}", metavar="WxH",
-                       help="frame size, width x height (default %(default)s)")
-    synth.add_argument("--classes", type=int, default=defaults.classes, help="classes, 1..5 (default %(default)s)")
-    synth.add_argument("--format", default="npy", metavar="npy|folders", help="output layout (default npy)")
+    synth.add_argument("--images", type=int, default=None,
+                       help=f"frames (default {defaults.images}; tiny: {TINY_IMAGES})")
+    synth.add_argument("--size", default=None, metavar="WxH",
+                       help=f"frame size, width x height (default {defaults.size[0]}x{defaults.size[1]}; tiny: "
+                       f"{TINY_SIZE[0]}x{TINY_SIZE[1]})")
+    synth.add_argument("--classes", type=int, default=None,
+                       help=f"classes, 1..5 (default {defaults.classes}; detect only)")
+    synth.add_argument("--format", default=None, metavar="npy|folders",
+                       help="output layout (default npy; detect only: segment writes folders, tiny the coco layout)")
     synth.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    synth.add_argument("--task", choices=("detect", "segment"), default="detect",
+    synth.add_argument("--event", action="store_true",
+                       help="tiny only: also write an event/ modality (moving objects fire events)")
+    synth.add_argument("--task", choices=("detect", "segment", "tiny"), default="detect",
                        help="detect: boxes (default); segment: camouflaged objects with masks, folders "
-                       "layout (rgb/ thermal/ masks/)")
+                       "layout (rgb/ thermal/ masks/); tiny: a 4-15 px ball (faint in rgb, hot in thermal) and "
+                       "20-60 px players on grass, coco layout (train/ val/ test/ with images/ thermal/ "
+                       "annotations/annotations.json)")
     synth.set_defaults(func=run_synth)
 
 
@@ -218,27 +229,59 @@ def run_synth(args: argparse.Namespace) -> int:
     from crossattentiondet.data.synth import generate_dataset
     from crossattentiondet.io import ensure_writable_dir
 
-    size = parse_size(args.size)
     if args.task == "segment":
-        return run_seg_synth(args, size)
+        return run_seg_synth(args)
+    if args.task == "tiny":
+        return run_tiny_synth(args)
+    if args.event:
+        raise ConfigError("--event is for --task tiny (the detect data set always has an event modality)")
+    defaults = SyntheticConfig()
+    size = parse_size(args.size) if args.size is not None else tuple(defaults.size)
+    images = args.images if args.images is not None else defaults.images
+    classes = args.classes if args.classes is not None else defaults.classes
+    fmt = args.format or "npy"
     ensure_writable_dir(args.out, "OUT")  # before any frame is rendered
-    out = generate_dataset(Path(args.out), args.images, size, args.classes, args.format, args.seed)
-    print(f"wrote {args.images} synthetic frames ({size[0]}x{size[1]}, {args.classes} classes, {args.format}) "
-          f"to {out}")
+    out = generate_dataset(Path(args.out), images, size, classes, fmt, args.seed)
+    print(f"wrote {images} synthetic frames ({size[0]}x{size[1]}, {classes} classes, {fmt}) to {out}")
     return 0
 
 
-def run_seg_synth(args: argparse.Namespace, size: tuple[int, int]) -> int:
+def run_seg_synth(args: argparse.Namespace) -> int:
     """``cadet data synth OUT --task segment``: camouflaged RGB + thermal scenes with masks (folders)."""
     from crossattentiondet.io import ensure_writable_dir
     from crossattentiondet.segmentation.synth import generate_seg_dataset
 
     defaults = SyntheticConfig()
-    if args.classes != defaults.classes or args.format != "npy":
+    if args.classes is not None or args.format is not None:
         raise ConfigError("--classes and --format are for detection data; --task segment writes binary masks "
                           "in the folders layout")
+    if args.event:
+        raise ConfigError("--event is for --task tiny; --task segment writes rgb + thermal")
+    size = parse_size(args.size) if args.size is not None else tuple(defaults.size)
+    images = args.images if args.images is not None else defaults.images
     ensure_writable_dir(args.out, "OUT")
-    out = generate_seg_dataset(Path(args.out), args.images, size, args.seed)
-    print(f"wrote {args.images} synthetic segmentation scenes ({size[0]}x{size[1]}, rgb + thermal + masks) "
+    out = generate_seg_dataset(Path(args.out), images, size, args.seed)
+    print(f"wrote {images} synthetic segmentation scenes ({size[0]}x{size[1]}, rgb + thermal + masks) "
           f"to {out}")
+    return 0
+
+
+def run_tiny_synth(args: argparse.Namespace) -> int:
+    """``cadet data synth OUT --task tiny``: tiny-object scenes (ball + players), rgb + thermal (+ event), in
+    the coco layout."""
+    from crossattentiondet.data.synth_tiny import generate_tiny_dataset
+    from crossattentiondet.io import ensure_writable_dir
+
+    if args.classes is not None:
+        raise ConfigError("--classes: --task tiny has its two classes (player, ball)")
+    if args.format not in (None, "coco"):
+        raise ConfigError(f"--format {args.format}: --task tiny writes the coco layout (train/ val/ test/ with "
+                          "images/ + annotations/annotations.json)")
+    size = parse_size(args.size) if args.size is not None else TINY_SIZE
+    images = args.images if args.images is not None else TINY_IMAGES
+    ensure_writable_dir(args.out, "OUT")
+    out = generate_tiny_dataset(Path(args.out), images, size, args.seed, event=args.event)
+    modalities = "rgb + thermal" + (" + event" if args.event else "")
+    print(f"wrote {images} tiny-object frames ({size[0]}x{size[1]}, {modalities}, classes player and ball, coco "
+          f"layout) to {out}")
     return 0

@@ -12,7 +12,10 @@ Conventions (where the formats are loose):
   ``class_0`` ... up to the largest id seen.
 * COCO: ``images[].file_name`` is matched to frames by its stem; ``bbox`` is ``[x, y, w, h]`` in pixels;
   ``iscrowd: 1`` annotations are ignored regions and are left out. An image listed without annotations is a
-  negative frame. Names: the categories sorted by id (or ``data.names``, matched by name).
+  negative frame. Names: the categories sorted by id (or ``data.names``, matched by name). The coco layout
+  reads one file per split folder and merges them by category name (:func:`merge_coco_labels`). An
+  annotation whose ``category_id`` is not in ``categories`` is an ``unnamed_class`` error naming the file,
+  the annotation id and the category id.
 * VOC: one XML per frame, ``object/name`` and ``object/bndbox`` taken as given (no 1-pixel shift);
   ``difficult`` objects are kept. Names: ``data.names``, else the layout's known classes in their usual
   order followed by any other name found, sorted.
@@ -271,6 +274,60 @@ def _load_coco(path: Path) -> LabelSet:
     for frame in labels.frames.values():
         frame.boxes = np.asarray(boxes.get(id(frame), []), np.float64).reshape(-1, 4)
     return labels
+
+
+def merge_coco_labels(parts: list[tuple[str, LabelSet]], root: Path) -> LabelSet:
+    """One LabelSet from the COCO files of several split folders (the coco layout).
+
+    ``parts`` are (frame-name prefix, the split's parsed COCO file); a frame ``000001`` of the prefix ``train``
+    becomes ``train_000001``. Categories are merged by name: the same name is one class whatever its id in
+    each file (its smallest id stands for it; boxes are re-keyed to that id). Problems: an id naming different
+    categories in two files (``duplicate_id``, naming both files), a name given two ids within one file
+    (``duplicate_class``), and annotations whose ``category_id`` is not in their file's ``categories``
+    (``unnamed_class``, naming the file, the annotation id and the category id; the box is left out).
+    """
+    merged = LabelSet("coco", root, {})
+    owner: dict[int, tuple[str, Path]] = {}  # category id -> (name, the first file naming it)
+    for _, part in parts:
+        merged.problems.extend(part.problems)
+        repeated = _repeated([(name, str(cid)) for cid, name in sorted(part.categories.items())])
+        if repeated:
+            merged.problems.append(Problem("duplicate_class", str(part.path), "category names listed more than "
+                                           f"once in 'categories': {_listing(repeated, 'ids')}; list each class once"))
+        for cid, name in sorted(part.categories.items()):
+            if cid in owner and owner[cid][0] != name:
+                merged.problems.append(Problem(
+                    "duplicate_id", str(part.path), f"category id {cid} is {name!r} here but {owner[cid][0]!r} in "
+                    f"{owner[cid][1]}; the split folders' COCO files must give a category the same name for one id "
+                    "(the same name is the same class, whatever its id)"))
+                continue
+            owner.setdefault(cid, (name, part.path))
+    canonical: dict[str, int] = {}  # name -> the id standing for it
+    for cid, (name, _) in sorted(owner.items()):
+        canonical.setdefault(name, cid)
+    merged.categories = {cid: name for name, cid in canonical.items()}
+    for prefix, part in parts:
+        for label_stem, paths in part.duplicates.items():
+            merged.duplicates[f"{prefix}_{label_stem}"] = paths
+        for label_stem, frame in part.frames.items():
+            keep: list[int] = []
+            keys: list[int | str] = []
+            for index, (key, where) in enumerate(zip(frame.keys, frame.where)):
+                name = part.categories.get(key) if isinstance(key, int) else None
+                if name is None or canonical.get(name) is None or owner.get(key, ("",))[0] != name:
+                    if name is None:
+                        known = ", ".join(str(c) for c in sorted(part.categories)) or "none"
+                        frame.problems.append(Problem(
+                            "unnamed_class", frame.path, f"{where}: unknown category_id {key}, not in the file's "
+                            f"'categories' (ids {known})"))
+                    continue  # an id naming two categories: reported above, its boxes cannot be trusted
+                keep.append(index)
+                keys.append(canonical[name])
+            frame.boxes = frame.boxes[keep].reshape(-1, 4)
+            frame.where = [frame.where[i] for i in keep]
+            frame.keys = keys
+            merged.frames[f"{prefix}_{label_stem}"] = frame
+    return merged
 
 
 def _xml_number(node: ET.Element | None, tag: str) -> float | None:
@@ -558,6 +615,9 @@ def resolve_classes(labels: LabelSet, names: list[str] | None, names_files: list
             if key not in labels.class_index:
                 if labels.format == "coco" and key in labels.categories:
                     text = f"{where}: category {labels.categories[key]!r} is not in data.names"
+                elif labels.format == "coco":
+                    known = ", ".join(str(c) for c in sorted(labels.categories)) or "none"
+                    text = f"{where}: unknown category_id {key}, not in the file's 'categories' (ids {known})"
                 elif labels.format == "voc":
                     text = f"{where}: class {key!r} is not in data.names"
                 else:

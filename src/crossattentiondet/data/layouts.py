@@ -16,6 +16,13 @@ kaist      ``setNN/VNNN/visible/INNNNN.jpg`` and ``setNN/VNNN/lwir/INNNNN.jpg`` 
            (KAIST multispectral pedestrians, Hwang et al. 2015); frames are named    (original, sanitized or
            ``setNN_VNNN_INNNNN``                                                     paired); ``test-all-20.txt``
                                                                                   (or sets 06-11) = test
+coco       split folders ``train/ val|valid|validation/ test/`` (any of them), each   one COCO json per split:
+           with ``images/`` + ``annotations/*.json`` (the seed project's) or with   ``annotations/*.json``
+           the images beside ``_annotations.coco.json`` (Roboflow's export);        (``instances_*.json``
+           frames are named ``<split folder>_<file stem>`` (``train_000001``)       preferred when several) or
+                                                                                  ``_annotations.coco.json``;
+                                                                                  the split folders are the
+                                                                                  splits
 folders    one folder per configured modality, named after the modality (or its  ``labels/`` YOLO,
            ``source``), e.g. ``rgb/ thermal/ event/`` from ``cadet data synth``   ``Annotations/`` VOC or
                                                                                   ``annotations.json`` COCO
@@ -43,7 +50,7 @@ from crossattentiondet.config import DataConfig
 from crossattentiondet.data.imageio import IMAGE_EXTENSIONS
 from crossattentiondet.errors import DataError
 
-LAYOUTS = ("original", "folders", "llvip", "flir", "m3fd", "kaist")
+LAYOUTS = ("original", "folders", "llvip", "flir", "m3fd", "kaist", "coco")
 # Sub-folders of a modality folder that carry a data set's own partition (LLVIP: train/ and test/).
 PARTITION_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -83,7 +90,69 @@ PRESETS: dict[str, FolderPreset] = {
         class_names=("person",)),
     "folders": FolderPreset(
         "folders", labels=("labels", "Annotations", "annotations.json", "labels.json", "instances.json")),
+    # the rgb images of a COCO split folder: <split>/images/ (or the split folder itself, Roboflow)
+    "coco": FolderPreset("coco", {"rgb": ("images", "")}, label_format="coco"),
 }
+ROBOFLOW_COCO_FILE = "_annotations.coco.json"
+COCO_IMAGES_FOLDER = "images"
+
+
+@dataclass(frozen=True)
+class CocoSplitFolder:
+    """One split folder of a COCO tree: its name on disk, our split, and where its images lie."""
+
+    name: str  # the folder name as on disk (``valid``): the prefix of its frame names
+    split: str  # train, val or test
+    folder: Path
+
+    @property
+    def images(self) -> Path:
+        """``<split>/images/``, or the split folder itself (Roboflow keeps the images beside the json)."""
+        inner = self.folder / COCO_IMAGES_FOLDER
+        return inner if inner.is_dir() else self.folder
+
+    def modality_folder(self, source: str) -> Path:
+        """Where modality files with folder name ``source`` lie in this split (``images`` = the rgb images)."""
+        return self.images if source == COCO_IMAGES_FOLDER else self.folder / source
+
+
+def coco_split_folders(root: Path) -> list[CocoSplitFolder]:
+    """The split folders of a COCO tree (``train/``, ``val/``, ``valid/``, ``validation/``, ``test/``, any case),
+    in train, val, test order."""
+    if not root.is_dir():
+        return []
+    found = [CocoSplitFolder(p.name, PARTITION_FOLDERS[p.name.lower()], p) for p in sorted(root.iterdir())
+             if p.is_dir() and p.name.lower() in PARTITION_FOLDERS]
+    order = {"train": 0, "val": 1, "test": 2}
+    return sorted(found, key=lambda s: (order[s.split], s.name))
+
+
+def coco_file_candidates(folder: Path) -> list[Path]:
+    """COCO json files a split folder may hold: ``annotations/*.json``, ``_annotations.coco.json``,
+    ``annotations.json``."""
+    out: list[Path] = []
+    annotations = folder / "annotations"
+    if annotations.is_dir():
+        out += sorted(p for p in annotations.iterdir() if p.suffix.lower() == ".json" and p.is_file())
+    out += [p for p in (folder / ROBOFLOW_COCO_FILE, folder / "annotations.json") if p.is_file()]
+    return out
+
+
+def coco_split_file(folder: Path) -> Path | None:
+    """The COCO json of a split folder (None if it has none); DataError naming them if several could be it.
+
+    With several, ``instances_*.json`` (the COCO naming; captions / keypoints files sit beside it) or
+    ``annotations.json`` / ``_annotations.coco.json`` is taken when exactly one such file is there.
+    """
+    candidates = coco_file_candidates(folder)
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    preferred = [p for p in candidates if p.name.startswith("instances")
+                 or p.name in ("annotations.json", ROBOFLOW_COCO_FILE)]
+    if len(preferred) == 1:
+        return preferred[0]
+    names = ", ".join(str(p.relative_to(folder)) for p in candidates)
+    raise DataError(f"{folder}: several COCO files ({names}); keep one per split folder (coco layout)")
 KAIST_SET = re.compile(r"^set(\d+)$")
 KAIST_VIDEO = re.compile(r"^V\d+$")
 KAIST_TEST_SETS = range(6, 12)  # set06-set11: KAIST's test sets (Hwang et al. 2015)
@@ -161,6 +230,8 @@ def detect_layout(root: Path, data: DataConfig | None = None) -> str:
         return "m3fd"
     if any((video / "visible").is_dir() or (video / "lwir").is_dir() for video in kaist_videos(root)):
         return "kaist"
+    if any(coco_file_candidates(split.folder) for split in coco_split_folders(root)):
+        return "coco"
     folders = modality_folder_candidates(data, root)
     found = [name for name, folder in folders.items() if folder.is_dir()]
     if found and (len(found) == len(folders) or len(found) >= 2):
@@ -174,6 +245,7 @@ def detect_layout(root: Path, data: DataConfig | None = None) -> str:
     raise DataError(
         f"{root}: cannot tell the data layout (found {', '.join(present) or 'no folders'}); expected images/ + "
         "labels/ (original), visible/ + infrared/ + Annotations/ (llvip), JPEGImages/ + Annotations/ (flir), "
-        f"Vis/ + Ir/ + Annotation/ (m3fd), set00/V000/visible/ + lwir/ + annotations/ (kaist) or one folder "
+        f"Vis/ + Ir/ + Annotation/ (m3fd), set00/V000/visible/ + lwir/ + annotations/ (kaist), train/ val/ "
+        "test/ with images/ + annotations/*.json or _annotations.coco.json (coco) or one folder "
         f"per modality ({', '.join(folders)}); "
         "say it with --layout / data.layout")

@@ -33,15 +33,20 @@ from crossattentiondet.data.labels import (
     kaist_stem,
     load_kaist_labels,
     load_labels,
+    merge_coco_labels,
     resolve_classes,
 )
 from crossattentiondet.data.layouts import (
+    COCO_IMAGES_FOLDER,
     KAIST_TEST_SETS,
     LAYOUTS,
     PARTITION_FOLDERS,
     PRESETS,
+    CocoSplitFolder,
     FolderPreset,
     check_root,
+    coco_split_file,
+    coco_split_folders,
     detect_layout,
     is_empty_folder,
     kaist_set_number,
@@ -112,6 +117,20 @@ def _described_modalities(root: Path) -> list[ModalityConfig] | None:
         return None
 
 
+class Partitions(dict[str, str]):
+    """A data set's own partition: frame stem -> split (``train``, ``val``, ``test``).
+
+    ``complete``: the data set's split folders *are* the split (the coco layout): every frame has its split,
+    :func:`~crossattentiondet.data.splits.make_splits` keeps them as given and divides no split by ratios
+    except val out of train when no val folder exists. Otherwise (LLVIP's ``test/`` folders, FLIR's
+    validation list) the partition fixes val / test and the other frames are divided by the ratios.
+    """
+
+    def __init__(self, *args: object, complete: bool = False, **kwargs: str) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.complete = complete
+
+
 def _is_default(modalities: list[ModalityConfig]) -> bool:
     return modalities == default_modalities()
 
@@ -145,9 +164,10 @@ def effective_modalities(data: DataConfig, layout: str, root: Path) -> tuple[lis
             folder, suffix = m.name, m.suffix
         if not _has_modality_folder(root, layout, folder):
             if default:
-                notes.append(f"layout {layout}: no {folder}/ folder, modality '{m.name}' is not used")
+                where = f"<split>/{folder}" if layout == "coco" else folder
+                notes.append(f"layout {layout}: no {where}/ folder, modality '{m.name}' is not used")
                 continue
-            where = root / "setNN/VNNN" / folder if layout == "kaist" else root / folder
+            where = {"kaist": root / "setNN/VNNN" / folder, "coco": root / "<split>" / folder}.get(layout, root / folder)
             raise DataError(f"{where}: folder of modality '{m.name}' not found (layout {layout}); set "
                             f"data.modalities[].source to the modality's folder")
         found.append(m.model_copy(update={"source": folder, "suffix": suffix}))
@@ -157,9 +177,12 @@ def effective_modalities(data: DataConfig, layout: str, root: Path) -> tuple[lis
 
 
 def _has_modality_folder(root: Path, layout: str, folder: str) -> bool:
-    """Whether the modality folder exists: ``root/folder``, or in some video of a KAIST tree."""
+    """Whether the modality folder exists: ``root/folder``, in some video of a KAIST tree, or in some split
+    folder of a COCO tree (its ``images`` are there whenever a split folder is)."""
     if layout == "kaist":
         return any((video / folder).is_dir() for video in kaist_videos(root))
+    if layout == "coco":
+        return any(split.modality_folder(folder).is_dir() for split in coco_split_folders(root))
     return (root / folder).is_dir()
 
 
@@ -398,6 +421,9 @@ def read_stem_list(path: Path, known: set[str], suffixes: list[str] | None = Non
         name = line_path.name
         if Path(name).suffix.lower() in extensions:
             name = Path(name).stem
+        if name not in known:  # coco layout: train/images/000001.jpg (or train/000001) is the frame train_000001
+            joined = "_".join([*(part for part in line_path.parts[:-1] if part != COCO_IMAGES_FOLDER), name])
+            name = joined if joined in known else name
         if name not in known:  # KAIST lists name set/video/frame (set06/V000/I00019): frame set06_V000_I00019
             kaist, _ = kaist_stem([*line_path.parts[:-1], name])
             name = kaist if kaist is not None and kaist in known else name
@@ -610,6 +636,129 @@ class KaistSource(FolderSource):
                               "the test split")
 
 
+class CocoSource(FolderSource):
+    """COCO split folders (see :mod:`.layouts`): ``<split>/images/`` + ``<split>/annotations/*.json``, or
+    Roboflow's ``<split>/_annotations.coco.json`` with the images beside it; other modalities in sibling folders
+    (``<split>/thermal/``). Frames are ``<split folder>_<file stem>``; ``partitions`` is complete (the split
+    folders are the split).
+
+    Bad input found here: an image listed in a COCO file but not on disk is an error of that frame (named with
+    the file, and how many of the file's images are missing), so ``data.on_error=skip`` can leave it out; an
+    image file that its split's COCO file does not list is a ``missing_label`` error, as in the other layouts.
+    """
+
+    def open(self) -> None:
+        data = self.data
+        if data.labels is not None:
+            raise DataError(f"data.labels={data.labels!r}: the coco layout reads the COCO file of each split folder "
+                            "(<split>/annotations/*.json or _annotations.coco.json); leave data.labels unset")
+        if data.label_format not in ("auto", "coco"):
+            raise DataError(f"data.label_format={data.label_format}: the coco layout reads COCO json files")
+        splits = coco_split_folders(self.root)
+        if not splits:
+            raise DataError(f"{self.root}: no split folders (train/, val/ or valid/, test/) for the coco layout")
+        per_modality: dict[str, dict[str, Path]] = {m.name: {} for m in self.modalities}
+        parts = []
+        partitions = Partitions(complete=True)
+        missing: dict[str, Problem] = {}  # frame -> "listed in the COCO file, not on disk"
+        for split in splits:
+            path = coco_split_file(split.folder)
+            found = self._list_split(split, per_modality)
+            on_disk = set().union(*(files.keys() for files in per_modality.values()))
+            if path is None:
+                if self.require_labels and found:
+                    looked = ", ".join(f"{split.name}/{c}" for c in ("annotations/*.json", "_annotations.coco.json"))
+                    raise DataError(f"{split.folder}: no COCO file for the {found} images of this split (looked "
+                                    f"for {looked}); every split folder needs its annotations (coco layout)")
+                self.notes.append(f"coco layout: {split.name}/ -> {split.split}: {found} images, no COCO file")
+            else:
+                labels = load_labels(path, "coco")
+                parts.append((split.name, labels))
+                listed = {f"{split.name}_{stem}": frame for stem, frame in labels.frames.items()}
+                # FrameLabels.path of a COCO entry is "<json> [<file_name>]"
+                absent = {stem: listed[stem].path.rsplit(" [", 1)[-1][:-1] for stem in sorted(listed)
+                          if stem not in on_disk}
+                first = ", ".join(repr(name) for name in list(absent.values())[:3])
+                for stem, name in absent.items():
+                    missing[stem] = Problem(
+                        "unreadable", str(path), f"image {name!r} is listed but not on disk in {split.images}/ "
+                        f"({len(absent)} of the {len(listed)} images this file lists are missing, first: {first})",
+                        stem)
+                self.notes.append(f"coco layout: {split.name}/ -> {split.split}: {found} images, "
+                                  f"{len(listed)} listed in {path.relative_to(self.root)}")
+                for stem in listed:
+                    partitions[stem] = split.split
+            for stem in on_disk:
+                partitions.setdefault(stem, split.split)
+        if not any(per_modality.values()) and not missing:
+            folders = [split.images for split in splits]
+            if all(is_empty_folder(f) or not any(is_listed_file(p) for p in f.iterdir()) for f in folders):
+                raise DataError(no_frames_message(self.root, folders))
+            raise DataError(f"{self.root}: no frames to read, no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+                            + " and ".join(str(f) for f in folders))
+        folder_of = {split.name: split for split in splits}
+        self._pair(per_modality, lambda stem, m: folder_of[stem.split("_", 1)[0]].modality_folder(str(m.source)))
+        for stem, problem in missing.items():  # frames of the COCO files only: their errors say what is missing
+            self.files[stem] = {}
+            self._add(problem)
+        self.stems = sorted(self.files)
+        self.partitions = partitions
+        self._open_coco_labels(parts, missing)
+
+    def _list_split(self, split: CocoSplitFolder, per_modality: dict[str, dict[str, Path]]) -> int:
+        """Add the image files of each modality folder of ``split``; return how many rgb images it holds."""
+        count = 0
+        for m in self.modalities:
+            folder = split.modality_folder(str(m.source))
+            found = per_modality[m.name]
+            for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if not is_listed_file(path) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                name = path.stem
+                if m.suffix:
+                    if not name.endswith(m.suffix):
+                        continue
+                    name = name[: -len(m.suffix)]
+                stem = f"{split.name}_{name}"
+                if stem in found:
+                    self._add(Problem("duplicate_stem", str(path), f"same frame '{stem}' as {found[stem]}", stem))
+                    continue
+                found[stem] = path
+                if m is self.modalities[0]:
+                    count += 1
+        return count
+
+    def _open_coco_labels(self, parts: list[tuple[str, LabelSet]], missing: dict[str, Problem]) -> None:
+        """Merge the split folders' COCO files, resolve the class names, and tie labels to frames."""
+        if not parts:
+            self.labels = LabelSet(format="coco", path=self.root, frames={}, class_names=list(self.data.names or []))
+            return
+        self.labels = merge_coco_labels(parts, self.root)
+        unnamed = resolve_classes(self.labels, self.data.names, [], ())
+        for problem in self.labels.problems:
+            self._add(problem)
+        for label_stem, paths in self.labels.duplicates.items():
+            self._add(Problem("duplicate_stem", paths[-1], f"several entries for '{label_stem}': {paths}",
+                              label_stem if label_stem in self.files else None))
+        for stem, frame in self.labels.frames.items():
+            if stem not in missing:
+                self.label_of[stem] = stem
+            for problem in [*frame.problems, *unnamed.get(stem, [])]:
+                self._add(replace(problem, stem=stem))
+        # a broken COCO file (not one naming a class or id twice) makes every image of its split look unlisted
+        broken = {p.path for p in self.labels.problems if p.stem is None and p.severity == "error"
+                  and p.kind not in ("duplicate_class", "duplicate_id")}
+        with_labels = {name for name, part in parts if str(part.path) not in broken}
+        for stem, files in self.files.items():
+            if stem in self.label_of or stem in missing or not files:
+                continue
+            prefix = stem.split("_", 1)[0]
+            if self.require_labels and prefix in with_labels:
+                path = next(str(p.path) for name, p in parts if name == prefix)
+                self._add(Problem("missing_label", str(next(iter(files.values()))), "missing label: image not "
+                                  f"listed in {path} (frame '{stem}')", stem))
+
+
 def _kaist_video(stem: str) -> str:
     """``set06_V000`` of the frame ``set06_V000_I00019``."""
     return stem.rsplit("_", 1)[0]
@@ -647,7 +796,8 @@ def open_source(root: str | Path, data: DataConfig | None = None, layout: str | 
     if chosen not in LAYOUTS:
         raise DataError(f"unknown layout {chosen!r} (choose from {', '.join(('auto',) + LAYOUTS)})")
     modalities, notes = effective_modalities(data, chosen, root)
-    cls: Callable[..., DataSource] = {"original": NpySource, "kaist": KaistSource}.get(chosen, FolderSource)
+    cls: Callable[..., DataSource] = {"original": NpySource, "kaist": KaistSource, "coco": CocoSource}.get(
+        chosen, FolderSource)
     source = cls(root, chosen, data, modalities, notes, require_labels)
     source.open()
     return source

@@ -6,7 +6,11 @@ Sources, in order of precedence:
    listed in no file by their ratios (with all three files, unlisted frames are not used);
 2. the data set's own partition (LLVIP's ``test/`` folders, FLIR-aligned's ``align_validation.txt``, M3FD's
    ``meta/test.txt``): those frames are the test (and val) split, the rest is divided by the ratios of the
-   remaining splits (LLVIP: val = 0.15 / 0.85 of its train folder with the default ratios);
+   remaining splits (LLVIP: val = 0.15 / 0.85 of its train folder with the default ratios). A *complete*
+   partition (:class:`~crossattentiondet.data.source.Partitions`, the coco layout's split folders) is the
+   split as given: train keeps every frame of its folder; without a val folder, val is drawn from train by
+   the train : val ratios (best.pt needs one); without a test folder the test split stays empty (a note says
+   so; ``eval.split=val`` evaluates on val instead): test frames are never carved out of another split;
 3. seeded ratios over groups of frames.
 
 Groups (``data.split.group_by``) never straddle a split:
@@ -267,6 +271,8 @@ def make_splits(stems: list[str], config: SplitConfig, *, partitions: dict[str, 
     """
     usable = set(stems)
     known = set(known) if known is not None else usable
+    complete = bool(getattr(partitions, "complete", False))  # the data set's split folders are the split
+    given = set(partitions.values()) if partitions else set()
     root = root or Path(".")
     fixed: dict[str, list[str]] = {}
     notes: list[str] = []
@@ -296,14 +302,29 @@ def make_splits(stems: list[str], config: SplitConfig, *, partitions: dict[str, 
                 owner[s] = name
     elif partitions:
         own = {name: sorted(s for s in stems if partitions.get(s) == name) for name in ("val", "test")}
-        fixed = {name: members for name, members in own.items() if members}
-        if fixed:
+        if complete:  # given split folders count even when all their frames were left out (then: empty warning)
+            fixed = {name: own[name] for name in ("val", "test") if name in given}
+        else:
+            fixed = {name: members for name, members in own.items() if members}
+        if fixed or complete:
             method = "partition"
+            shown = dict(fixed)
+            if complete:
+                shown = {"train": [s for s in stems if partitions.get(s) == "train"], **fixed}
             notes.append("the data set's own partition gives " +
-                         ", ".join(f"{name} ({len(m)} frames)" for name, m in fixed.items()))
+                         ", ".join(f"{name} ({len(m)} frames)" for name, m in shown.items()))
     taken = {s for members in fixed.values() for s in members}
     pool = [s for s in stems if s not in taken]
     remaining = {name: float(getattr(config, name)) for name in SPLITS if name not in fixed}
+    if method == "partition" and complete:
+        # the split folders are the split: train keeps all its frames, unless val must be drawn from it
+        remaining = {"train": 1.0} if "val" in fixed else {"train": float(config.train), "val": float(config.val)}
+        if "test" not in given:
+            notes.append("the data set has no test split folder: the test split is empty (set eval.split=val to "
+                         "evaluate the best weights on val, or give data.split.test_file)")
+        if "val" not in given and remaining["val"] > 0:
+            notes.append(f"the data set has no val split folder: val is drawn from train by the ratios (train "
+                         f"{config.train:g} : val {config.val:g}), grouped by {config.group_by}")
     grouping = group_frames(pool, config.group_by) if pool else Grouping({}, "frames")
     groups = grouping.groups
     asking = [name for name, ratio in remaining.items() if ratio > 0]
