@@ -8,6 +8,11 @@ Reproducible shuffling and augmentation that survive resume and persistent worke
 pairs; the dataset seeds each sample's generator with ``[seed, epoch, index]``. Nothing depends on worker
 state, so epoch E of a resumed run sees the same order and the same augmentations as uninterrupted.
 Call ``loader.set_epoch(epoch)`` before each epoch.
+
+Frame-mixing augmentation (mosaic, copy-paste) needs other frames of the split: a transform whose
+``uses_donors`` is true is called as ``transform(sample, rng, donors=FrameDonors(...))``, and the donors are
+drawn with that same per-sample generator and read through the same source (all modalities together), so a
+sample is still a function of (seed, epoch, index) alone, in any worker.
 """
 
 from __future__ import annotations
@@ -42,6 +47,37 @@ SYNTHETIC_VERSION = 1  # bump when the generator's output changes, so caches are
 
 
 # ------------------------------------------------------------------------------------------ dataset
+class DonorReadError(DataError):
+    """A donor frame (mosaic / copy-paste) could not be read; the dataset handles it like its own frame."""
+
+
+class FrameDonors:
+    """``donors(rng, count)``: other frames of a split, raw (no augmentation), for mosaic and copy-paste.
+
+    ``count`` distinct indices other than ``index`` are drawn with ``rng`` (with replacement only when the
+    split has fewer other frames; a one-frame split lends the frame itself), so donors depend only on the
+    generator's state. Created per item inside the worker: nothing here is pickled or shared.
+    """
+
+    def __init__(self, source: DataSource, stems: list[str], index: int) -> None:
+        self.source, self.stems, self.index = source, stems, int(index)
+
+    def __call__(self, rng: np.random.Generator, count: int) -> list[Sample]:
+        others = len(self.stems) - 1
+        if others < 1:
+            picks = [self.index] * count
+        else:
+            draws = rng.choice(others, size=count, replace=count > others)
+            picks = [int(d) + (int(d) >= self.index) for d in draws]  # skip the frame's own index
+        return [self._read(self.stems[i]) for i in picks]
+
+    def _read(self, stem: str) -> Sample:
+        try:
+            return self.source.read(stem)
+        except DataError as err:
+            raise DonorReadError(f"{err} (read as a mosaic / copy-paste donor)") from None
+
+
 class SkipCounter:
     """A count shared with DataLoader worker processes (samples dropped because they could not be read).
 
@@ -69,9 +105,10 @@ class DetectionDataset(Dataset):
 
     ``image, target = to_model_input(sample, modality_order, image_id)``; ``meta`` = stem, image_id and the
     frame's height and width on disk. Indices are ints or ``(epoch, index)`` pairs (from
-    :class:`EpochShuffleSampler`); the transform gets ``np.random.default_rng([seed, epoch, index])``.
-    A frame that cannot be read raises DataError naming the file, or with ``on_error="skip"`` returns None
-    (dropped by :func:`detection_collate`) and is counted in ``skip_counter``.
+    :class:`EpochShuffleSampler`); the transform gets ``np.random.default_rng([seed, epoch, index])``, and
+    :class:`FrameDonors` of this dataset's frames when it ``uses_donors`` (mosaic, copy-paste).
+    A frame (or a donor frame) that cannot be read raises DataError naming the file, or with
+    ``on_error="skip"`` returns None (dropped by :func:`detection_collate`) and is counted in ``skip_counter``.
     """
 
     def __init__(self, source: DataSource, stems: list[str], modality_order: list[str], image_ids: dict[str, int],
@@ -105,7 +142,17 @@ class DetectionDataset(Dataset):
             # a plain DataError (one string argument) so that a DataLoader worker can rebuild it
             raise DataError(str(err)) from None
         height, width = sample.height, sample.width
-        sample = self.transform(sample, self.sample_rng(epoch, index))
+        rng = self.sample_rng(epoch, index)
+        if getattr(self.transform, "uses_donors", False):
+            try:
+                sample = self.transform(sample, rng, donors=FrameDonors(self.source, self.stems, index))
+            except DonorReadError as err:
+                if self.on_error == "skip":
+                    self.skip_counter.increment()
+                    return None
+                raise DataError(str(err)) from None
+        else:
+            sample = self.transform(sample, rng)
         image_id = self.image_ids[stem]
         image, target = to_model_input(sample, self.modality_order, image_id)
         meta = {"stem": stem, "image_id": image_id, "height": height, "width": width}
@@ -366,7 +413,7 @@ class PreparedData:
 
             config = self.resolved_config
             transform = build_transforms(config.data.augment, self.modalities, train,
-                                         used=config.model.used_modalities())
+                                         used=config.model.used_modalities(), class_names=self.class_names)
         return DetectionDataset(self.source, self._split(split), self.modality_order, self.image_ids, transform,
                                 seed=seed, on_error=self.resolved_config.data.on_error, skip_counter=self.skip_counter)
 

@@ -4,19 +4,52 @@
 ``(sample, rng) -> sample``. All randomness comes from the generator it is given (the dataset seeds it per
 (seed, epoch, index)), so augmented epochs are reproducible and a resumed run sees the same samples.
 
-Order: geometric transforms (horizontal flip, vertical flip, rotation by a multiple of 90 degrees, scale
-jitter, random crop) move every modality, the boxes and the segmentation mask together (the per-box extras
-travel with their boxes: ``occlusion`` stays aligned when a crop drops boxes, ``ignore_boxes`` are flipped,
-rotated, scaled and clipped like boxes, and kept while any part of them is in the window; the mask of class
-ids is resampled with the nearest neighbour, pixel-centre aligned like the images, so it keeps its values,
-255 = ignore included); then photometric transforms (RGB colour jitter, CLAHE, motion blur, noise, thermal
-gain/offset), which never touch the mask; modality dropout comes last, so a dropped modality is exactly its
-mean and not a noisy mean.
+Order: first the frame-mixing transforms, which need other training frames ("donors", drawn by the dataset
+with the sample's own generator, see :class:`DonorDraw`): mosaic (four frames in a 2x2 grid), then
+copy-paste (objects of donor frames pasted in, onto the mosaic when both fire), so that everything after
+them treats pasted objects like native ones. Then geometric transforms (horizontal flip, vertical flip,
+rotation by a multiple of 90 degrees, scale jitter, random crop, multi-scale resize last, so the output's
+shorter side is exactly the drawn size) move every modality, the boxes and the segmentation mask together
+(the per-box extras travel with their boxes: ``occlusion`` stays aligned when a crop drops boxes,
+``ignore_boxes`` are flipped, rotated, scaled and clipped like boxes, and kept while any part of them is in
+the window; the mask of class ids is resampled with the nearest neighbour, pixel-centre aligned like the
+images, so it keeps its values, 255 = ignore included); then photometric transforms (RGB colour jitter,
+CLAHE, motion blur, noise, thermal gain/offset), which never touch the mask; modality dropout comes last, so
+a dropped modality is exactly its mean and not a noisy mean.
 
 Vertical flip and rotation (``vflip``, ``rot90``; for segmentation, off by default) draw from the generator
 only when their probability is above zero, so with them off every other decision sees the same random
 numbers as before they existed (seeded detection runs are unchanged). A rotation by 90 or 270 degrees swaps
-the frame's height and width.
+the frame's height and width. The same holds for every later option: mosaic, copy-paste, multi-scale and a
+random motion-blur kernel size (``motion_blur_max_kernel``) draw only when enabled, so with them off a seeded
+run sees the very numbers it saw before they existed.
+
+Mosaic (``mosaic``: probability): the sample and three donor frames fill the four quadrants around a centre
+drawn uniformly in the middle half of each axis; the output has the sample's size and modalities. A frame of
+another size is first scaled (keeping its aspect) to cover the output; each quadrant shows the frame's corner
+that touches the centre (YOLO-style). Boxes are clipped to their quadrant, and those keeping less than
+``crop_min_visible`` of their area are dropped (ignore regions: kept while any part is visible), as in a crop.
+
+Copy-paste (``copy_paste``, Ghiasi et al. 2021, box version): with ``prob``, 1..``max_pastes`` objects (their
+box plus ``margin`` x its width / height of context on each side, whole pixels) are cut from donor frames
+(only labels in ``classes``, only boxes whose longer side is at most ``max_object_size``; donors are read
+until enough objects are found, at most ``max_pastes + 2`` donors) and pasted at their native size, in every
+modality at once, at a random place where the pasted patch covers at most 30 % of the area of any box already
+in the frame (objects, ignore regions and earlier pastes; 10 tries, else that object is left out). So no
+existing box is dropped and every pasted box is fully visible; boxes and labels are appended. Donor pixels
+keep their values when the donor's modality has the frame's dtype and scale, and are rescaled on the 0-1
+scale otherwise. Ignore regions of donors are not pasted (the context may show unlabelled parts of their
+neighbours: keep ``margin`` small in crowded data). ``occlusion`` stays aligned with the boxes: the donor's
+values are appended; when any frame involved (mosaic or copy-paste) does not annotate occlusion, the
+result has ``occlusion=None``.
+
+Multi-scale (``multi_scale: [min, max]``): the shorter side is drawn among the multiples of 32 in [min, max];
+if the longer side would then exceed ``multi_scale_max_size``, the frame is scaled so that the longer side is
+exactly that instead (DETR's rule; the shorter side is then smaller than drawn). Boxes follow the per-axis
+ratio, the mask is resized with the nearest neighbour.
+
+Segmentation: mosaic and copy-paste are detection-only; a sample with a mask raises ConfigError when they are
+on (see :func:`detection_only_options`). Multi-scale moves the mask with the image.
 
 Arrays stay in their native dtype (uint8 or uint16) and value range: photometric transforms work on the
 0-1 scale of each modality (raw / full scale, the full scale being ``ModalityConfig.scale`` if set, else
@@ -42,11 +75,18 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from crossattentiondet.config import AugmentConfig, ModalityConfig
+from crossattentiondet.config import AugmentConfig, ConfigError, ModalityConfig
 from crossattentiondet.data.sample import Sample
 from crossattentiondet.errors import DataError
 
 Transform = Callable[[Sample, np.random.Generator], Sample]
+# ``donors(rng, count)``: ``count`` other training frames (raw, all modalities), drawn with ``rng``. The
+# training dataset passes one to transforms whose ``uses_donors`` is true (``transform(sample, rng, donors)``).
+DonorDraw = Callable[[np.random.Generator, int], list[Sample]]
+
+PASTE_MAX_COVER = 0.3  # a pasted patch may cover at most this fraction of any box already in the frame
+PASTE_PLACE_TRIES = 10  # random places tried per pasted object before leaving it out
+PASTE_EXTRA_DONORS = 2  # donors read beyond max_pastes while looking for enough eligible objects
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -61,15 +101,29 @@ def identity(sample: Sample, rng: np.random.Generator) -> Sample:
 
 
 def build_transforms(augment: AugmentConfig, modalities: list[ModalityConfig], train: bool,
-                     used: list[str] | None = None) -> Transform:
+                     used: list[str] | None = None, class_names: list[str] | None = None) -> Transform:
     """The sample transform for training (``train=True``: :class:`Augmenter`) or evaluation (identity).
 
     ``used`` names the modalities the model sees (``ModelConfig.used_modalities()``; None: all of
-    ``modalities``): modality dropout picks only among them.
+    ``modalities``): modality dropout picks only among them. ``class_names`` (label l is
+    ``class_names[l - 1]``) is needed only to resolve ``copy_paste.classes``.
     """
     if not train:
         return identity
-    return Augmenter(augment, modalities, used)
+    return Augmenter(augment, modalities, used, class_names)
+
+
+def detection_only_options(augment: AugmentConfig) -> list[str]:
+    """The keys of ``augment`` that are on but work only for detection (mosaic, copy-paste), as dotted names.
+
+    A segmentation task can refuse them up front with one ConfigError instead of failing on the first sample.
+    """
+    keys = []
+    if augment.mosaic > 0:
+        keys.append("data.augment.mosaic")
+    if augment.copy_paste.prob > 0:
+        keys.append("data.augment.copy_paste.prob")
+    return keys
 
 
 def dtype_max(dtype: np.dtype) -> float:
@@ -88,7 +142,7 @@ class Augmenter:
     """
 
     def __init__(self, augment: AugmentConfig, modalities: list[ModalityConfig],
-                 used: list[str] | None = None) -> None:
+                 used: list[str] | None = None, class_names: list[str] | None = None) -> None:
         self.cfg = augment
         self.modalities = {m.name: m for m in modalities}
         # Dropout candidates: only what the model sees. Blanking a modality it ignores wastes the draw; picking
@@ -101,6 +155,34 @@ class Augmenter:
             raise ValueError(f"augment.scale_jitter factors must be > 0, got {augment.scale_jitter}")
         if min(augment.thermal_gain) < 0:
             raise ValueError(f"augment.thermal_gain must be >= 0, got {augment.thermal_gain}")
+        # copy-paste class filter as 1-based labels (None: every class)
+        self.paste_labels: np.ndarray | None = None
+        wanted = augment.copy_paste.classes
+        if wanted is not None and augment.copy_paste.prob > 0:
+            if not wanted:
+                raise ConfigError("data.augment.copy_paste.classes is empty, so nothing could be pasted; "
+                                  "use null for every class")
+            if class_names is None:
+                raise ConfigError("data.augment.copy_paste.classes needs the data set's class names "
+                                  "(build_transforms(..., class_names=...))")
+            unknown = [c for c in wanted if c not in class_names]
+            if unknown:
+                raise ConfigError(f"data.augment.copy_paste.classes: unknown class names {unknown} "
+                                  f"(the data set has {list(class_names)})")
+            self.paste_labels = np.array([list(class_names).index(c) + 1 for c in wanted], np.int64)
+        # multi-scale candidates: the multiples of 32 in [min, max]
+        self.multi_scale_sides: list[int] | None = None
+        if augment.multi_scale is not None:
+            lo, hi = augment.multi_scale
+            sides = list(range(-(-lo // 32) * 32, hi + 1, 32))
+            if not sides:
+                raise ConfigError(f"data.augment.multi_scale {list(augment.multi_scale)} holds no multiple of 32")
+            self.multi_scale_sides = sides
+
+    @property
+    def uses_donors(self) -> bool:
+        """True when mosaic or copy-paste is on: the call then needs ``donors`` (other training frames)."""
+        return self.cfg.mosaic > 0 or self.cfg.copy_paste.prob > 0
 
     # ------------------------------------------------------------------------------------ helpers
     def full_scale(self, name: str, array: np.ndarray) -> float:
@@ -110,8 +192,17 @@ class Augmenter:
         return min(float(m.scale), top) if m is not None and m.scale is not None else top
 
     # --------------------------------------------------------------------------------------- call
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+    def __call__(self, sample: Sample, rng: np.random.Generator, donors: DonorDraw | None = None) -> Sample:
         cfg = self.cfg
+        if self.uses_donors:
+            if sample.mask is not None:
+                raise ConfigError(f"{' and '.join(detection_only_options(cfg))}: detection only, but the "
+                                  f"samples have segmentation masks; turn them off for this task")
+            # drawn only when enabled (see the module docstring): off, the draws below are unchanged
+            if cfg.mosaic > 0 and rng.random() < cfg.mosaic:
+                sample = mosaic(sample, self._donors(donors)(rng, 3), rng, cfg.crop_min_visible, self.conform)
+            if cfg.copy_paste.prob > 0 and rng.random() < cfg.copy_paste.prob:
+                sample = self.copy_paste(sample, self._donors(donors), rng)
         arrays = dict(sample.modalities)
         boxes = np.asarray(sample.boxes, np.float32).reshape(-1, 4)
         labels = np.asarray(sample.labels, np.int64).reshape(-1)
@@ -141,6 +232,9 @@ class Augmenter:
             occlusion = occlusion[keep[:count]] if occlusion is not None else None
             count = int(keep[:count].sum())
             boxes = boxes[keep]
+        if self.multi_scale_sides is not None:
+            side = self.multi_scale_sides[int(rng.integers(len(self.multi_scale_sides)))]
+            arrays, boxes = resize_shorter_side(arrays, boxes, side, cfg.multi_scale_max_size)
         boxes, ignore_boxes = boxes[:count], boxes[count:]
         mask = arrays.pop(MASK_KEY, None)  # out before photometry: never jittered, blurred or dropped
 
@@ -153,9 +247,14 @@ class Augmenter:
         if cfg.clahe > 0:
             for name in list(arrays):
                 if arrays[name].shape[-1] in (1, 3) and rng.random() < cfg.clahe:
-                    arrays[name] = clahe(arrays[name], self.full_scale(name, arrays[name]))
+                    arrays[name] = clahe(arrays[name], self.full_scale(name, arrays[name]),
+                                         cfg.clahe_clip_limit, cfg.clahe_tiles)
         if cfg.motion_blur > 0 and rng.random() < cfg.motion_blur:
-            kernel = motion_kernel(cfg.motion_blur_kernel, float(rng.uniform(0.0, 180.0)))
+            angle = float(rng.uniform(0.0, 180.0))
+            size = cfg.motion_blur_kernel
+            if cfg.motion_blur_max_kernel is not None:  # an odd length in [3, max], drawn after the angle
+                size = 2 * int(rng.integers(1, (cfg.motion_blur_max_kernel - 1) // 2 + 1)) + 1
+            kernel = motion_kernel(size, angle)
             arrays = {name: _filter(a, kernel) for name, a in arrays.items()}
         if cfg.noise > 0 and rng.random() < cfg.noise:
             arrays = {name: gaussian_noise(a, self.full_scale(name, a), cfg.noise_std, rng)
@@ -174,6 +273,100 @@ class Augmenter:
             arrays[name] = self.mean_image(name, arrays[name])
         return replace(sample, modalities=arrays, boxes=boxes, labels=labels, occlusion=occlusion,
                        ignore_boxes=ignore_boxes, mask=mask)
+
+    # ---------------------------------------------------------------------------- frame mixing
+    @staticmethod
+    def _donors(donors: DonorDraw | None) -> DonorDraw:
+        if donors is None:
+            raise ConfigError("data.augment.mosaic / copy_paste need other training frames: call the transform "
+                              "with donors=... (the training DetectionDataset does)")
+        return donors
+
+    def conform(self, name: str, array: np.ndarray, like: np.ndarray) -> np.ndarray:
+        """A donor's ``array`` of modality ``name`` in the dtype and value scale of the frame's ``like``."""
+        channels = like.shape[2] if like.ndim == 3 else 1
+        if (array.shape[2] if array.ndim == 3 else 1) != channels:
+            raise DataError(f"modality {name!r}: a donor frame has {array.shape} pixels, the frame "
+                            f"{like.shape}: cannot mix frames with different channels")
+        array = array.reshape(array.shape[0], array.shape[1], *like.shape[2:])
+        full_from, full_to = self.full_scale(name, array), self.full_scale(name, like)
+        if array.dtype == like.dtype and full_from == full_to:
+            return array
+        return _from_unit(_to_unit(array, full_from), full_to, like.dtype)
+
+    def paste_candidates(self, donor: Sample) -> np.ndarray:
+        """Indices of the donor's boxes copy-paste may take (class filter, size limit, positive area)."""
+        boxes = np.asarray(donor.boxes, np.float32).reshape(-1, 4)
+        labels = np.asarray(donor.labels, np.int64).reshape(-1)
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        ok = (w > 0) & (h > 0)
+        if self.paste_labels is not None:
+            ok &= np.isin(labels, self.paste_labels)
+        limit = self.cfg.copy_paste.max_object_size
+        if limit is not None:
+            ok &= np.maximum(w, h) <= limit
+        return np.flatnonzero(ok)
+
+    def copy_paste(self, sample: Sample, donors: DonorDraw, rng: np.random.Generator) -> Sample:
+        """Paste 1..``max_pastes`` donor objects into ``sample`` (see the module docstring for the rules)."""
+        cp = self.cfg.copy_paste
+        wanted = int(rng.integers(1, cp.max_pastes + 1))
+        height, width = sample.height, sample.width
+        arrays = {name: a.copy() for name, a in sample.modalities.items()}  # inputs are never changed in place
+        boxes = np.asarray(sample.boxes, np.float32).reshape(-1, 4)
+        occupied = np.concatenate([boxes, np.asarray(sample.ignore_boxes, np.float32).reshape(-1, 4)])
+        new_boxes: list[np.ndarray] = []
+        new_labels: list[int] = []
+        new_occlusion: list[int] = []
+        occlusion_known = sample.occlusion is not None
+        for _ in range(wanted + PASTE_EXTRA_DONORS):
+            if len(new_boxes) >= wanted:
+                break
+            donor = donors(rng, 1)[0]
+            candidates = self.paste_candidates(donor)
+            if len(candidates) == 0:
+                continue
+            donor_boxes = np.asarray(donor.boxes, np.float32).reshape(-1, 4)
+            for j in rng.permutation(candidates):
+                if len(new_boxes) >= wanted:
+                    break
+                x0, y0, x1, y1 = context_window(donor_boxes[j], cp.margin, donor.height, donor.width)
+                patch_w, patch_h = x1 - x0, y1 - y0
+                if patch_w > width or patch_h > height:
+                    continue
+                for _try in range(PASTE_PLACE_TRIES):
+                    px = int(rng.integers(0, width - patch_w + 1))
+                    py = int(rng.integers(0, height - patch_h + 1))
+                    if max_covered_fraction(np.array([px, py, px + patch_w, py + patch_h], np.float32),
+                                            occupied) <= PASTE_MAX_COVER:
+                        break
+                else:
+                    continue  # no free place: this object is left out
+                for name, array in arrays.items():
+                    if name not in donor.modalities:
+                        raise DataError(f"{donor.stem}: donor frame lacks modality {name!r}")
+                    crop = donor.modalities[name][y0:y1, x0:x1]
+                    array[py:py + patch_h, px:px + patch_w] = self.conform(name, crop, array)
+                box = donor_boxes[j] + np.array([px - x0, py - y0, px - x0, py - y0], np.float32)
+                # inside the patch (a donor box reaching past its frame edge would otherwise stick out)
+                box = np.clip(box, [px, py, px, py], [px + patch_w, py + patch_h] * 2).astype(np.float32)
+                new_boxes.append(box)
+                new_labels.append(int(np.asarray(donor.labels).reshape(-1)[j]))
+                occupied = np.concatenate([occupied, box[None]])
+                if donor.occlusion is None:
+                    occlusion_known = False
+                else:
+                    new_occlusion.append(int(np.asarray(donor.occlusion).reshape(-1)[j]))
+        if not new_boxes:
+            return replace(sample, modalities=arrays)
+        occlusion = None
+        if occlusion_known:
+            occlusion = np.concatenate([np.asarray(sample.occlusion, np.int64).reshape(-1),
+                                        np.asarray(new_occlusion, np.int64)])
+        return replace(sample, modalities=arrays, boxes=np.concatenate([boxes, np.stack(new_boxes)]),
+                       labels=np.concatenate([np.asarray(sample.labels, np.int64).reshape(-1),
+                                              np.asarray(new_labels, np.int64)]),
+                       occlusion=occlusion)
 
     def mean_image(self, name: str, array: np.ndarray) -> np.ndarray:
         """An array like ``array`` filled with the modality's normalisation mean (zero after normalisation)."""
@@ -260,11 +453,122 @@ def rescale(arrays: dict[str, np.ndarray], boxes: np.ndarray, factor: float,
     """
     height, width = next(iter(arrays.values())).shape[:2]
     new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
-    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    return resize_to(arrays, boxes, (new_w, new_h), cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR, nearest)
+
+
+def resize_to(arrays: dict[str, np.ndarray], boxes: np.ndarray, size: tuple[int, int], interpolation: int,
+              nearest: Collection[str] = (MASK_KEY,)) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Resize every array to ``size`` = (width, height) and scale the boxes by the per-axis ratios.
+
+    ``interpolation`` (an OpenCV flag) for the images; arrays named in ``nearest`` use the nearest neighbour.
+    """
+    height, width = next(iter(arrays.values())).shape[:2]
+    new_w, new_h = size
     out = {name: resize_nearest(a, (new_w, new_h)) if name in nearest
-           else cv_resize(a, (new_w, new_h), interp) for name, a in arrays.items()}
+           else cv_resize(a, (new_w, new_h), interpolation) for name, a in arrays.items()}
     scaled = boxes * np.array([new_w / width, new_h / height, new_w / width, new_h / height], np.float32)
     return out, scaled
+
+
+def shorter_side_size(height: int, width: int, side: int, max_size: int | None = None) -> tuple[int, int]:
+    """(width, height) with the shorter side ``side``, or the longer side ``max_size`` if it would exceed it."""
+    scale = side / min(height, width)
+    if max_size is not None and max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_shorter_side(arrays: dict[str, np.ndarray], boxes: np.ndarray, side: int, max_size: int | None = None,
+                        nearest: Collection[str] = (MASK_KEY,)) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Multi-scale resize: shorter side to ``side``, longer side capped at ``max_size`` (:func:`shorter_side_size`).
+
+    Area averaging when shrinking, bilinear when enlarging (like :func:`rescale`); boxes scaled with the image.
+    """
+    height, width = next(iter(arrays.values())).shape[:2]
+    new_w, new_h = shorter_side_size(height, width, side, max_size)
+    if (new_w, new_h) == (width, height):
+        return arrays, boxes
+    shrink = new_w * new_h < width * height
+    return resize_to(arrays, boxes, (new_w, new_h), cv2.INTER_AREA if shrink else cv2.INTER_LINEAR, nearest)
+
+
+def context_window(box: np.ndarray, margin: float, height: int, width: int) -> tuple[int, int, int, int]:
+    """The whole-pixel window (x0, y0, x1, y1) around ``box`` plus ``margin`` x its side, inside the frame."""
+    bx0, by0, bx1, by1 = (float(v) for v in box)
+    mx, my = margin * (bx1 - bx0), margin * (by1 - by0)
+    # clamped so that even a box (partly) outside the frame gives a non-empty window inside it
+    x0 = min(max(0, math.floor(bx0 - mx)), width - 1)
+    y0 = min(max(0, math.floor(by0 - my)), height - 1)
+    x1 = min(width, math.ceil(bx1 + mx))
+    y1 = min(height, math.ceil(by1 + my))
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def max_covered_fraction(rect: np.ndarray, boxes: np.ndarray) -> float:
+    """The largest fraction of any box's area that ``rect`` (xyxy) covers (0 with no boxes of positive area)."""
+    if len(boxes) == 0:
+        return 0.0
+    inter_w = np.clip(np.minimum(boxes[:, 2], rect[2]) - np.maximum(boxes[:, 0], rect[0]), 0, None)
+    inter_h = np.clip(np.minimum(boxes[:, 3], rect[3]) - np.maximum(boxes[:, 1], rect[1]), 0, None)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    covered = np.divide(inter_w * inter_h, area, out=np.zeros_like(area), where=area > 0)
+    return float(covered.max())
+
+
+def mosaic(sample: Sample, donors: list[Sample], rng: np.random.Generator, min_visible: float,
+           conform: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> Sample:
+    """Four frames (``sample`` then three ``donors``) in a 2x2 grid around a random centre, at ``sample``'s size.
+
+    Quadrants: top-left ``sample``, top-right, bottom-left, bottom-right the donors in order; each shows its
+    frame's corner at the centre (frames of another size first scaled, keeping the aspect, to cover the
+    output). Boxes are clipped to their quadrant and dropped when keeping less than ``min_visible`` of their
+    area; ignore regions are kept while any part is visible. ``conform(name, donor_array, like)`` converts
+    donor pixels to the frame's dtype and scale. Frames smaller than 2x2 px are returned unchanged.
+    """
+    height, width = sample.height, sample.width
+    if height < 2 or width < 2:
+        return sample
+    cx = int(rng.integers(max(1, round(width * 0.25)), min(width - 1, round(width * 0.75)) + 1))
+    cy = int(rng.integers(max(1, round(height * 0.25)), min(height - 1, round(height * 0.75)) + 1))
+    quadrants = [(0, 0, cx, cy), (cx, 0, width, cy), (0, cy, cx, height), (cx, cy, width, height)]
+    out = {name: np.empty_like(a) for name, a in sample.modalities.items()}
+    boxes_out, labels_out, occlusion_out, ignore_out = [], [], [], []
+    occlusion_known = True
+    for frame, (qx0, qy0, qx1, qy1) in zip([sample, *donors], quadrants, strict=True):
+        arrays = dict(frame.modalities)
+        boxes = np.concatenate([np.asarray(frame.boxes, np.float32).reshape(-1, 4),
+                                np.asarray(frame.ignore_boxes, np.float32).reshape(-1, 4)])
+        count = len(np.asarray(frame.boxes).reshape(-1, 4))
+        factor = max(width / frame.width, height / frame.height)
+        if factor != 1.0:
+            arrays, boxes = rescale(arrays, boxes, factor)
+        fh, fw = next(iter(arrays.values())).shape[:2]
+        qw, qh = qx1 - qx0, qy1 - qy0
+        sx0 = fw - qw if qx0 == 0 else 0  # the corner of the frame that touches the centre
+        sy0 = fh - qh if qy0 == 0 else 0
+        for name, target in out.items():
+            if name not in arrays:
+                raise DataError(f"{frame.stem}: mosaic frame lacks modality {name!r}")
+            target[qy0:qy1, qx0:qx1] = conform(name, arrays[name][sy0:sy0 + qh, sx0:sx0 + qw], target)
+        shifted = boxes + np.array([qx0 - sx0, qy0 - sy0, qx0 - sx0, qy0 - sy0], np.float32)
+        clipped = shifted.copy()
+        clipped[:, [0, 2]] = np.clip(shifted[:, [0, 2]], qx0, qx1)
+        clipped[:, [1, 3]] = np.clip(shifted[:, [1, 3]], qy0, qy1)
+        kept_w, kept_h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+        area = np.maximum((shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1]), 0)
+        is_ignore = np.arange(len(boxes)) >= count
+        keep = (kept_w > 0) & (kept_h > 0) & ((kept_w * kept_h >= min_visible * area) | is_ignore)
+        objects = keep & ~is_ignore
+        boxes_out.append(clipped[objects])
+        labels_out.append(np.asarray(frame.labels, np.int64).reshape(-1)[objects[:count]])
+        ignore_out.append(clipped[keep & is_ignore])
+        if frame.occlusion is None:
+            occlusion_known = False
+        else:
+            occlusion_out.append(np.asarray(frame.occlusion, np.int64).reshape(-1)[objects[:count]])
+    return replace(sample, modalities=out, boxes=np.concatenate(boxes_out).astype(np.float32, copy=False),
+                   labels=np.concatenate(labels_out), ignore_boxes=np.concatenate(ignore_out),
+                   occlusion=np.concatenate(occlusion_out) if occlusion_known else None)
 
 
 def random_crop(arrays: dict[str, np.ndarray], boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator,

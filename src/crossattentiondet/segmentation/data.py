@@ -35,7 +35,7 @@ from crossattentiondet.data.dataset import (
     _resolve_config,
     epoch_loader,
 )
-from crossattentiondet.data.transforms import Transform, build_transforms, identity
+from crossattentiondet.data.transforms import Transform, build_transforms, detection_only_options, identity
 from crossattentiondet.errors import DataError
 from crossattentiondet.io import atomic_write_json, read_json
 
@@ -174,6 +174,10 @@ class PreparedSegData:
     def dataset(self, split: str, train: bool, *, seed: int = 0, transform: Transform | None = None,
                 stems: list[str] | None = None) -> SegmentationDataset:
         config = self.resolved_config
+        detection_only = detection_only_options(config.data.augment) if train else []
+        if detection_only:  # here, not inside a loader worker, where the message would carry a traceback
+            raise ConfigError(f"{', '.join(detection_only)}: detection only (objects are pasted with their boxes); "
+                              "turn them off for task=segment")
         if transform is None:
             transform = build_transforms(config.data.augment, self.modalities, train,
                                          used=config.model.used_modalities()) if train else identity
