@@ -6,6 +6,7 @@
     model = cad.load(run.run_dir)                 # a run directory (best.pt) or a checkpoint file
     [dets] = model.predict({"rgb": rgb, "thermal": thermal, "event": event})
     dets.boxes, dets.scores, dets.labels, dets.names
+    [dets] = model.predict(big_frame, tile=640, overlap=0.2)   # tiled: large frames with tiny objects
     seg = cad.load("runs/cod_run")                # a segmentation run (task: segment) gives a Segmenter
     [out] = seg.predict({"rgb": rgb}); out.map, out.mask   # 8-bit map and class ids at the frame's size
     summary = cad.evaluate(run.run_dir, data="/data/other_set")
@@ -27,8 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
-from crossattentiondet.config import ConfigError, ExperimentConfig, build_config, load_config
+from crossattentiondet.config import ConfigError, EvalConfig, ExperimentConfig, build_config, load_config
 from crossattentiondet.data.inputs import ModalityInput, spec_from_checkpoint
 from crossattentiondet.errors import DataError
 
@@ -72,13 +74,19 @@ class Detector:
         self.model.to(device)
         return self
 
-    def predict(self, inputs: Any, *, score_thresh: float = 0.3, batch_size: int = 4,
-                verbose: bool = False) -> list[Detections]:
+    def predict(self, inputs: Any, *, score_thresh: float = 0.3, batch_size: int = 4, verbose: bool = False,
+                tile: int | None = None, overlap: float | None = None, nms_iou: float | None = None
+                ) -> list[Detections]:
         """Detections for each frame of ``inputs`` (one frame, a path, or a list of them; see the module doc).
 
         Frames are checked against what the model was trained on: missing modalities, other channel counts,
         float or signed arrays, values above the training scale are errors (DataError naming the frame);
         uint8 <-> uint16 is converted where the training scale was the dtype's full range.
+
+        ``tile``: detect in overlapping ``tile`` x ``tile`` px windows (large frames with tiny objects),
+        overlapping by ``overlap`` of a tile, merged by class-wise NMS at ``nms_iou``; unset values come from
+        the run's ``eval.tile`` / ``eval.tile_overlap`` / ``eval.tile_nms_iou`` (``load(..., overrides=
+        ["eval.tile=640"])`` sets them for every call). See :mod:`crossattentiondet.engine.tiling`.
         """
         from crossattentiondet.engine.inference import detect_frames
 
@@ -86,13 +94,27 @@ class Detector:
             raise ConfigError(f"score_thresh={score_thresh}: must be between 0 and 1")
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size}: must be at least 1")
+        tiling = self._tiling(tile, overlap, nms_iou)
         frames = self._frames(inputs)
         results = detect_frames(self.model, self.config, self.checkpoint, frames, score_thresh=score_thresh,
-                                batch_size=batch_size, echo=print if verbose else (lambda _m: None))
+                                batch_size=batch_size, echo=print if verbose else (lambda _m: None), tiling=tiling)
         return [Detections(r["frame"], r["boxes"].numpy().astype(np.float32), r["scores"].numpy().astype(np.float32),
                            r["labels"].numpy().astype(np.int64) - 1, self.class_names) for r in results]
 
     __call__ = predict
+
+    def _tiling(self, tile: int | None, overlap: float | None, nms_iou: float | None) -> EvalConfig:
+        """The run's eval settings with the given tiling keywords, validated like the config keys."""
+        given = {k: v for k, v in (("tile", tile), ("tile_overlap", overlap), ("tile_nms_iou", nms_iou)) if v is not None}
+        if not given:
+            return self.config.eval
+        try:
+            return EvalConfig.model_validate({**self.config.eval.model_dump(), **given})
+        except ValidationError as err:
+            names = {"tile": "tile", "tile_overlap": "overlap", "tile_nms_iou": "nms_iou"}
+            problems = "; ".join(f"{names.get(str(e['loc'][0]), e['loc'][0])}={e.get('input')!r}: {e['msg']}"
+                                 for e in err.errors())
+            raise ConfigError(f"predict: {problems}") from None
 
     def _frames(self, inputs: Any) -> list[tuple[str, dict[str, Any]]]:
         from crossattentiondet.engine.inference import input_frames, split_channels

@@ -32,12 +32,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="evaluate a trained checkpoint (COCO or segmentation metrics, robustness, plots)",
                        description="Evaluate a run's best.pt (or any checkpoint) on a split of its data, or on "
-                                   "another data set with --data. With --pred MAPS_DIR --gt GT_DIR (no checkpoint): "
-                                   "score any method's saved segmentation maps against ground-truth masks with the "
-                                   "same metrics as segmentation runs.")
+                                   "another data set with --data. With --pred DETECTIONS.json --gt COCO_GT.json (no "
+                                   "checkpoint): score any detector's COCO-format results with the same COCO "
+                                   "evaluation as runs (--size-bins aitod for tiny objects). With --pred MAPS_DIR "
+                                   "--gt GT_DIR: score any method's saved segmentation maps against ground-truth "
+                                   "masks with the same metrics as segmentation runs.")
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?")
-    p.add_argument("--pred", metavar="MAPS_DIR", help="saved maps to score (matched to --gt by file stem)")
-    p.add_argument("--gt", metavar="GT_DIR", help="ground-truth masks for --pred (sub-folders: one test set each)")
+    p.add_argument("--pred", metavar="DETECTIONS.json|MAPS_DIR",
+                   help="a COCO results file (list of {image_id, category_id, bbox, score}) to score against the "
+                        "COCO ground truth --gt, or a folder of saved maps (matched to --gt by file stem)")
+    p.add_argument("--gt", metavar="COCO_GT.json|GT_DIR",
+                   help="COCO ground truth for a detections file, or ground-truth masks for maps (sub-folders: one "
+                        "test set each)")
+    p.add_argument("--size-bins", choices=["coco", "aitod", "both"], default=None,
+                   help="object-size bins of the box metrics: coco (small/medium/large), aitod (very tiny < 8 px, "
+                        "tiny 8-16, small 16-32, medium >= 32 by sqrt(area), up to 1500 detections per image) or "
+                        "both; for a run: eval.size_bins")
+    add_tile_flags(p)
     p.add_argument("--classes", type=_positive_int, default=2,
                    help="with --pred: number of classes incl. background (2: binary COD metrics; more: mIoU)")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default=None,
@@ -56,8 +67,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--score-thresh", type=float, default=0.3)
     p.add_argument("--panels", type=int, default=16, help="frames shown in panels.png (0: none)")
+    add_tile_flags(p)
     p.set_defaults(func=cmd_predict)
     register_demo(sub)
+
+
+def add_tile_flags(parser: argparse.ArgumentParser) -> None:
+    """``--tile N --overlap F``: sliced inference for large frames with tiny objects (eval.tile, eval.tile_overlap)."""
+    parser.add_argument("--tile", type=_positive_int, default=None, metavar="PX",
+                        help="sliced inference: run the model on PX x PX tiles of each frame and merge their "
+                             "detections with class-wise NMS (eval.tile; default: whole frames)")
+    parser.add_argument("--overlap", type=float, default=None, metavar="FRACTION",
+                        help="with --tile: how much neighbouring tiles overlap, 0 <= FRACTION < 1 "
+                             "(eval.tile_overlap; default 0.2)")
+
+
+def eval_flag_overrides(args: argparse.Namespace, explicit: list[str]) -> list[str]:
+    """The overrides of ``--size-bins``, ``--tile`` and ``--overlap`` (those a command has), checked against
+    the ``explicit`` key=value overrides: a flag and an override of the same key is an error."""
+    produced: list[tuple[str, str, object]] = []
+    size_bins = getattr(args, "size_bins", None)
+    if size_bins is not None:
+        produced.append((f"--size-bins {size_bins}", "eval.size_bins", size_bins))
+    tile, overlap = getattr(args, "tile", None), getattr(args, "overlap", None)
+    if overlap is not None:
+        if tile is None and not any(_key_value(text)[0] == "eval.tile" for text in explicit):
+            raise ConfigError(f"--overlap {overlap}: needs --tile PX (the overlap of tiles of PX x PX pixels)")
+        if not 0 <= overlap < 1:
+            raise ConfigError(f"--overlap {overlap}: must be at least 0 and below 1 (a fraction of the tile)")
+        produced.append((f"--overlap {overlap}", "eval.tile_overlap", overlap))
+    if tile is not None:
+        produced.append((f"--tile {tile}", "eval.tile", tile))
+    check_flag_conflicts(produced, explicit)
+    return [f"{key}={value}" for _, key, value in produced]
 
 
 def add_seed_flags(parser: argparse.ArgumentParser) -> None:
@@ -276,12 +318,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from crossattentiondet.engine.inference import evaluate_checkpoint
 
     if args.pred or args.gt:
+        if _is_json_file(args.pred) or (not args.pred and _is_json_file(args.gt)):
+            return _eval_detection_files(args)
+        if args.size_bins is not None or args.tile is not None or args.overlap is not None:
+            raise ConfigError("--size-bins, --tile and --overlap are for boxes: give them with a run, or with "
+                              "--pred DETECTIONS.json --gt COCO_GT.json (--size-bins only), not with saved maps")
         return _eval_maps(args)
     if args.checkpoint is None:
-        raise ConfigError("cadet eval needs a run directory or checkpoint (or --pred MAPS_DIR --gt GT_DIR)")
+        raise ConfigError("cadet eval needs a run directory or checkpoint (or --pred DETECTIONS.json --gt "
+                          "COCO_GT.json, or --pred MAPS_DIR --gt GT_DIR)")
     split = args.split or ("all" if args.data else "test")
+    explicit = list(args.overrides or [])
+    overrides = eval_flag_overrides(args, explicit) + explicit
     summary = evaluate_checkpoint(args.checkpoint, split=split, data_root=args.data, out_dir=args.out,
-                                  overrides=args.overrides, echo=(lambda _m: None) if args.json else print)
+                                  overrides=overrides, echo=(lambda _m: None) if args.json else print)
     if args.json:
         print_json(summary)
         return 0
@@ -300,7 +350,67 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if ci and None not in ci:  # over test images (eval.bootstrap resamples), see bootstrap_<split>.json
         table.add_row(f"{boot.get('metric', 'mAP')} 95% CI", f"{ci[0]:.4f}-{ci[1]:.4f}")
     Console().print(table)
+    for note in summary.get("notes") or []:
+        print(f"note: {note}")
     print(f"written to {summary['out_dir']}")
+    return 0
+
+
+def _is_json_file(path: str | None) -> bool:
+    # a .json name is a detections file even when it does not exist (then the error says so, naming it)
+    return path is not None and (Path(path).suffix.lower() == ".json" or Path(path).is_file())
+
+
+def _eval_detection_files(args: argparse.Namespace) -> int:
+    """``cadet eval --pred DETECTIONS.json --gt COCO_GT.json``: any detector's COCO results, scored as runs are."""
+    from crossattentiondet.engine.coco_files import evaluate_detection_files
+
+    if not (args.pred and args.gt):
+        raise ConfigError("--pred and --gt go together: cadet eval --pred DETECTIONS.json --gt COCO_GT.json")
+    if args.checkpoint or args.data or args.split or args.overrides:
+        raise ConfigError("--pred/--gt score a saved detections file: give no checkpoint, --data, --split or "
+                          "overrides with them")
+    if args.tile is not None or args.overlap is not None:
+        raise ConfigError("--tile/--overlap change how a model runs: saved detections (--pred) are scored as they are")
+    out = None
+    if args.out:
+        from crossattentiondet.io import ensure_writable_dir
+
+        out = ensure_writable_dir(args.out, "--out")  # before the work: a read-only folder is said now
+    result = evaluate_detection_files(Path(args.pred), Path(args.gt), args.size_bins or "coco")
+    if out is not None:
+        from crossattentiondet.io import atomic_write_json
+
+        atomic_write_json(Path(out) / "metrics.json", result)
+        result["out_dir"] = str(out)
+    if args.json:
+        print_json(result)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    dets = ", ".join(f"{name} {n}" for name, n in result["max_dets"].items())
+    print(f"{args.pred} vs {args.gt}: {result['num_images']} images, {result['num_ground_truth']} ground-truth "
+          f"boxes, {result['num_predictions']} detections; size bins {result['size_bins']} (detections per image: "
+          f"{dets})")
+    table = Table()
+    for key in ("metric", "value"):
+        table.add_column(key)
+    for key, value in result["metrics"].items():
+        table.add_row(key, "n/a" if value != value else f"{value:.4f}")
+    Console().print(table)
+    if len(result["per_class"]) > 1:
+        table = Table()
+        for key in ("class", "AP", "AP_50", "AP_75", "ground truth"):
+            table.add_column(key)
+        for name, ap in result["per_class"].items():
+            table.add_row(name, *("n/a" if ap[k] != ap[k] else f"{ap[k]:.4f}" for k in ("AP", "AP_50", "AP_75")),
+                          str(ap["num_gt"]))
+        Console().print(table)
+    for note in result["notes"]:
+        print(f"note: {note}")
+    if out is not None:
+        print(f"written to {Path(out) / 'metrics.json'}")
     return 0
 
 
@@ -338,7 +448,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--score-thresh {args.score_thresh}: must be between 0 and 1")
     if args.panels < 0:
         raise ConfigError(f"--panels {args.panels}: must be >= 0")
-    predict(args.checkpoint, args.inputs, args.out, score_thresh=args.score_thresh, panels=args.panels)
+    predict(args.checkpoint, args.inputs, args.out, score_thresh=args.score_thresh, panels=args.panels,
+            overrides=eval_flag_overrides(args, []))
     return 0
 
 

@@ -10,6 +10,27 @@ the predictions so that pycocotools reproduces the metrics), a confusion matrix 
 (:func:`confusion_matrix`) and precision / recall / F1 against the score threshold
 (:func:`confidence_curves`), both matched as COCO matches at IoU 0.5.
 
+Size bins (``size_bins``, the config's ``eval.size_bins``):
+
+- ``coco`` (default): the 12 COCO numbers of :data:`METRIC_KEYS`; small < 32^2 px area, medium up to 96^2,
+  large above (COCO's ranges, both ends inclusive as in COCO), 100 detections per image and class.
+- ``aitod``: AI-TOD's tiny-object bins by sqrt(area): very tiny [0, 8) px, tiny [8, 16), small [16, 32),
+  medium [32, inf) (areas [0, 64), [64, 256), [256, 1024), [1024, inf): a box exactly on an edge, sqrt(area)
+  = 8, 16 or 32, is in the upper bin only), at AI-TOD's 1500 detections per image and class. Keys
+  (:data:`AITOD_METRIC_KEYS`): ``mAP_verytiny``, ``mAP_tiny``, ``mAP_small_aitod``, ``mAP_medium_aitod`` and
+  the ``mAR_*`` of the same bins (AR at 1500); AI-TOD's small and medium carry ``_aitod`` so they never
+  collide with COCO's ``mAP_small`` / ``mAP_medium``. The overall numbers at 1500 detections are
+  ``mAP_aitod``, ``mAP_50_aitod``, ``mAP_75_aitod`` and ``mAR_aitod``. ``mAP``, ``mAP_50``, ``mAP_75``,
+  ``mAR_1``, ``mAR_10``, ``mAR_100`` stay COCO's (100 detections) in every mode: ``mAP`` picks best.pt, is
+  the bootstrap's and the studies' primary metric, so its meaning must not change with the size bins
+  (with at most 100 detections per image the two agree). COCO's small/medium/large are left out.
+- ``both``: all of the above (:data:`METRIC_KEYS` first, with exactly the ``coco`` values).
+
+A bin without ground truth is NaN (COCO's -1), a bin with ground truth and no correct detection 0. The
+per-class APs and PR curves are always COCO's (all areas, 100 detections). A model that returns fewer than
+1500 detections per image (``model.detector.detections_per_img``, 100 by default) cannot reach AI-TOD's
+limit: :attr:`EvalResult.notes` says so (and the saved metrics file) rather than claim 1500.
+
 Typical use::
 
     result = evaluate(model, loader, device, class_names=["person"])
@@ -43,6 +64,74 @@ METRIC_KEYS: list[str] = [
 ]
 """The 12 COCO summary numbers, in ``COCOeval.stats`` order (the first six keep the original's names)."""
 
+SIZE_BINS: tuple[str, ...] = ("coco", "aitod", "both")
+"""The values of ``eval.size_bins``."""
+COCO_MAX_DETS = 100  # COCO's detections per image and class
+AITOD_MAX_DETS = 1500  # AI-TOD's
+
+COCO_OVERALL_KEYS: list[str] = ["mAP", "mAP_50", "mAP_75", "mAR_1", "mAR_10", "mAR_100"]
+"""The COCO numbers that do not depend on object size (kept in every ``size_bins`` mode)."""
+AITOD_METRIC_KEYS: list[str] = [
+    "mAP_aitod", "mAP_50_aitod", "mAP_75_aitod", "mAP_verytiny", "mAP_tiny", "mAP_small_aitod", "mAP_medium_aitod",
+    "mAR_aitod", "mAR_verytiny", "mAR_tiny", "mAR_small_aitod", "mAR_medium_aitod",
+]
+"""AI-TOD's numbers (all at :data:`AITOD_MAX_DETS` detections per image and class)."""
+
+
+def _below(edge: float) -> float:
+    # COCOeval keeps an area a when lo <= a <= hi (both ends inclusive); the largest float below the edge
+    # makes the bin [lo, edge), so a box exactly on an edge is counted in the upper bin only
+    return float(np.nextafter(edge, 0.0))
+
+
+COCO_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, 1e5 ** 2),
+}
+"""COCO's area ranges (px^2), as COCOeval has them."""
+AITOD_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "verytiny": (0.0, _below(8.0 ** 2)), "tiny": (8.0 ** 2, _below(16.0 ** 2)),
+    "small_aitod": (16.0 ** 2, _below(32.0 ** 2)), "medium_aitod": (32.0 ** 2, 1e5 ** 2),
+}
+"""AI-TOD's area ranges (px^2) by label; upper ends exclusive (see :func:`_below`)."""
+
+# metric name -> (precision (AP) or recall (AR), IoU threshold (None: 0.50:0.95), area label, detections)
+_METRIC_SPECS: dict[str, tuple[bool, float | None, str, int]] = {
+    "mAP": (True, None, "all", 100), "mAP_50": (True, 0.5, "all", 100), "mAP_75": (True, 0.75, "all", 100),
+    "mAP_small": (True, None, "small", 100), "mAP_medium": (True, None, "medium", 100),
+    "mAP_large": (True, None, "large", 100),
+    "mAR_1": (False, None, "all", 1), "mAR_10": (False, None, "all", 10), "mAR_100": (False, None, "all", 100),
+    "mAR_small": (False, None, "small", 100), "mAR_medium": (False, None, "medium", 100),
+    "mAR_large": (False, None, "large", 100),
+    "mAP_aitod": (True, None, "all", AITOD_MAX_DETS), "mAP_50_aitod": (True, 0.5, "all", AITOD_MAX_DETS),
+    "mAP_75_aitod": (True, 0.75, "all", AITOD_MAX_DETS),
+    **{f"mAP_{label}": (True, None, label, AITOD_MAX_DETS) for label in AITOD_AREA_RANGES},
+    "mAR_aitod": (False, None, "all", AITOD_MAX_DETS),
+    **{f"mAR_{label}": (False, None, label, AITOD_MAX_DETS) for label in AITOD_AREA_RANGES},
+}
+
+
+def check_size_bins(size_bins: str) -> str:
+    """``size_bins`` if it is one of :data:`SIZE_BINS`, else a ValueError naming the choices."""
+    if size_bins not in SIZE_BINS:
+        raise ValueError(f"size_bins must be one of {list(SIZE_BINS)}, got {size_bins!r}")
+    return size_bins
+
+
+def metric_keys(size_bins: str = "coco") -> list[str]:
+    """The metric names a ``size_bins`` evaluation reports, in order (see the module docstring)."""
+    check_size_bins(size_bins)
+    if size_bins == "coco":
+        return list(METRIC_KEYS)
+    if size_bins == "aitod":
+        return [*COCO_OVERALL_KEYS, *AITOD_METRIC_KEYS]
+    return [*METRIC_KEYS, *AITOD_METRIC_KEYS]
+
+
+def max_dets_of(size_bins: str) -> dict[str, int]:
+    """Detections per image and class behind each protocol's numbers: {"coco": 100[, "aitod": 1500]}."""
+    check_size_bins(size_bins)
+    return {"coco": COCO_MAX_DETS, **({"aitod": AITOD_MAX_DETS} if size_bins != "coco" else {})}
+
 # Rounding of saved detections: 0.01 px and 1e-5 in score are far below any effect on the metrics, and the
 # evaluator scores the rounded values, so a saved predictions file reproduces the reported metrics exactly.
 BOX_DECIMALS = 2
@@ -55,7 +144,7 @@ _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class EvalResult:
     """Everything one evaluation produces.
 
-    ``metrics``: :data:`METRIC_KEYS` -> float (NaN where COCO reports -1).
+    ``metrics``: :func:`metric_keys` of ``size_bins`` -> float (NaN where COCO reports -1).
     ``per_class``: class name -> {"AP", "AP_50", "AP_75", "num_gt"} (APs NaN for a class without ground truth).
     ``predictions``: detections in COCO results format (image_id, category_id, bbox xywh, score).
     ``pr_recall`` (R,) and ``pr_precision`` (K, R): interpolated precision at each recall threshold for
@@ -63,6 +152,8 @@ class EvalResult:
     ``image_records``: the evaluator's per-image ground truth and detections (sorted by image id), for
     :func:`crossattentiondet.engine.bootstrap.bootstrap_map`, the ground truth file, the confusion matrix
     and the confidence curves; not written by :meth:`summary`.
+    ``size_bins``: the size bins of ``metrics``; ``max_detections_per_image``: the most detections any
+    image had; ``notes``: what a reader of the numbers must know (a model capped below AI-TOD's 1500).
     """
 
     metrics: dict[str, float]
@@ -75,6 +166,9 @@ class EvalResult:
     num_ground_truth: int = 0
     duplicates_skipped: int = 0
     image_records: list[_ImageRecord] = field(default_factory=list, repr=False)
+    size_bins: str = "coco"
+    max_detections_per_image: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN -> None) of everything except the predictions."""
@@ -85,6 +179,10 @@ class EvalResult:
             "num_ground_truth": self.num_ground_truth,
             "num_predictions": len(self.predictions),
             "duplicates_skipped": self.duplicates_skipped,
+            "size_bins": self.size_bins,
+            "max_dets": max_dets_of(self.size_bins),
+            "max_detections_per_image": self.max_detections_per_image,
+            **({"notes": list(self.notes)} if self.notes else {}),
             "pr_curve": {
                 "iou": 0.5,
                 "recall": self.pr_recall.tolist(),
@@ -132,14 +230,16 @@ class DetectionEvaluator:
     ``class_names[i]`` is the name of label ``i + 1`` (label 0 is the detector's background). Images
     without ground truth take part as negatives (any detection on them is a false positive). An image id
     seen twice (e.g. the padding a ``DistributedSampler`` adds) is counted once; the skips are reported.
+    ``size_bins``: coco, aitod or both (see the module docstring).
     """
 
-    def __init__(self, class_names: Sequence[str]) -> None:
+    def __init__(self, class_names: Sequence[str], size_bins: str = "coco") -> None:
         if not class_names:
             raise ValueError("class_names must name at least one class")
         if len(set(class_names)) != len(class_names):
             raise ValueError(f"class_names contain duplicates: {list(class_names)}")
         self.class_names = list(class_names)
+        self.size_bins = check_size_bins(size_bins)
         self.reset()
 
     def reset(self) -> None:
@@ -242,9 +342,11 @@ class DetectionEvaluator:
         with _gc_paused():
             gt = self.ground_truth()
             predictions = self.predictions()
-            coco_eval = run_coco_eval(gt, predictions)
-        result = _result_from_cocoeval(coco_eval, self.class_names, predictions, gt, self._duplicates)
+            coco_eval, metrics = coco_metrics(gt, predictions, self.size_bins)
+        result = _result_from_cocoeval(coco_eval, self.class_names, predictions, gt, self._duplicates, metrics)
         result.image_records = self.records()
+        result.size_bins = self.size_bins
+        result.max_detections_per_image = max((len(r.dt_scores) for r in result.image_records), default=0)
         return result
 
 
@@ -288,10 +390,15 @@ def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def run_coco_eval(ground_truth: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> Any:
-    """Run faster-coco-eval's bbox evaluation; returns the summarised ``COCOeval_faster`` object.
+def run_coco_eval(ground_truth: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]], *,
+                  area_ranges: Mapping[str, tuple[float, float]] | None = None,
+                  max_dets: Sequence[int] | None = None) -> Any:
+    """Run faster-coco-eval's bbox evaluation; returns the ``COCOeval_faster`` object.
 
     ``ground_truth`` is a COCO dataset dict, ``predictions`` a COCO results list; neither is modified.
+    With neither ``area_ranges`` (label -> (lo, hi) px^2, both ends inclusive as in COCO, next to "all")
+    nor ``max_dets`` it is COCO's standard evaluation, summarised (``.stats``); with them, evaluated and
+    accumulated only: read the numbers by name with :func:`summarize_by_name`.
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
@@ -308,10 +415,58 @@ def run_coco_eval(ground_truth: Mapping[str, Any], predictions: Sequence[Mapping
     coco_dt = COCO({"images": list(ground_truth["images"]), "annotations": dt_anns,
                     "categories": list(ground_truth["categories"])}, print_function=quiet)
     coco_eval = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=quiet)
+    custom = area_ranges is not None or max_dets is not None
+    if area_ranges is not None:
+        coco_eval.params.areaRng = [[0.0, 1e5 ** 2], *([float(lo), float(hi)] for lo, hi in area_ranges.values())]
+        coco_eval.params.areaRngLbl = ["all", *area_ranges]
+    if max_dets is not None:
+        coco_eval.params.maxDets = sorted(int(m) for m in max_dets)
     coco_eval.evaluate()
     coco_eval.accumulate()
-    coco_eval.summarize()
+    if not custom:
+        coco_eval.summarize()
     return coco_eval
+
+
+def summarize_by_name(coco_eval: Any, keys: Sequence[str]) -> dict[str, float]:
+    """The metrics ``keys`` (names of :func:`metric_keys`) from an accumulated ``COCOeval``, each read from
+    its precision / recall array at the area range of its label and the maxDets of its value (never by
+    position), averaged as COCO's summarize does (over entries > -1); NaN where COCO would report -1."""
+    params = coco_eval.params
+    labels, dets = list(params.areaRngLbl), [int(m) for m in params.maxDets]
+    ious = np.asarray(params.iouThrs, dtype=np.float64)
+    out: dict[str, float] = {}
+    for key in keys:
+        if key not in _METRIC_SPECS:
+            raise ValueError(f"unknown metric {key!r}; known: {list(_METRIC_SPECS)}")
+        is_ap, iou, area, max_det = _METRIC_SPECS[key]
+        if area not in labels or max_det not in dets:
+            raise ValueError(f"metric {key} needs area range {area!r} and maxDets {max_det}; this evaluation has "
+                             f"{labels} and {dets}")
+        a, m = labels.index(area), dets.index(max_det)
+        # precision [T, R, K, A, M], recall [T, K, A, M]
+        values = np.asarray(coco_eval.eval["precision" if is_ap else "recall"], dtype=np.float64)
+        values = values[..., a, m]
+        if iou is not None:
+            values = values[np.flatnonzero(np.isclose(ious, iou))]
+        out[key] = _mean_valid(values)
+    return out
+
+
+def coco_metrics(ground_truth: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]],
+                 size_bins: str = "coco") -> tuple[Any, dict[str, float]]:
+    """(the ``COCOeval`` object, the metrics of :func:`metric_keys` ``size_bins`` by name) for a COCO ground
+    truth dict and a COCO results list. ``coco`` is COCO's standard evaluation (its ``stats``); ``aitod`` and
+    ``both`` are one evaluation with COCO's and AI-TOD's area ranges and maxDets 1, 10, 100, 1500 (a
+    detection's match never depends on lower-scored ones, so the numbers at 100 equal COCO's own)."""
+    check_size_bins(size_bins)
+    if size_bins == "coco":
+        coco_eval = run_coco_eval(ground_truth, predictions)
+        stats = np.asarray(coco_eval.stats, dtype=np.float64)[: len(METRIC_KEYS)]
+        return coco_eval, {key: _nan_if_missing(v) for key, v in zip(METRIC_KEYS, stats.tolist())}
+    coco_eval = run_coco_eval(ground_truth, predictions, area_ranges={**COCO_AREA_RANGES, **AITOD_AREA_RANGES},
+                              max_dets=[1, 10, COCO_MAX_DETS, AITOD_MAX_DETS])
+    return coco_eval, summarize_by_name(coco_eval, metric_keys(size_bins))
 
 
 def _nan_if_missing(value: float) -> float:
@@ -323,31 +478,43 @@ def _mean_valid(values: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else float("nan")
 
 
-def _result_from_cocoeval(coco_eval: Any, class_names: list[str], predictions: list[dict[str, Any]],
-                          gt: Mapping[str, Any], duplicates: int) -> EvalResult:
-    stats = np.asarray(coco_eval.stats, dtype=np.float64)[: len(METRIC_KEYS)]
-    metrics = {key: _nan_if_missing(v) for key, v in zip(METRIC_KEYS, stats.tolist())}
+def class_precision(coco_eval: Any, category_id: int) -> np.ndarray | None:
+    """Interpolated precision [T, R] of one category at area "all" and COCO's 100 detections (None: the
+    evaluation has no such category)."""
     params = coco_eval.params
+    k = {int(c): i for i, c in enumerate(params.catIds)}.get(int(category_id))
+    if k is None:
+        return None
     precision = np.asarray(coco_eval.eval["precision"], dtype=np.float64)  # [T, R, K, A, M]
-    iou50 = int(np.argmin(np.abs(np.asarray(params.iouThrs) - 0.5)))
-    iou75 = int(np.argmin(np.abs(np.asarray(params.iouThrs) - 0.75)))
     area_all = list(params.areaRngLbl).index("all")
-    max_dets = len(params.maxDets) - 1  # the largest, 100
-    cat_index = {int(c): k for k, c in enumerate(params.catIds)}
+    max_det = [int(m) for m in params.maxDets].index(COCO_MAX_DETS)  # by value: aitod adds 1500 after it
+    return precision[:, :, k, area_all, max_det]
+
+
+def class_ap(coco_eval: Any, category_id: int, num_gt: int) -> dict[str, float]:
+    """{"AP", "AP_50", "AP_75", "num_gt"} of one category (COCO's: all areas, 100 detections; NaN without
+    ground truth)."""
+    p = class_precision(coco_eval, category_id)
+    if p is None:
+        return {"AP": float("nan"), "AP_50": float("nan"), "AP_75": float("nan"), "num_gt": int(num_gt)}
+    ious = np.asarray(coco_eval.params.iouThrs, dtype=np.float64)
+    iou50, iou75 = int(np.argmin(np.abs(ious - 0.5))), int(np.argmin(np.abs(ious - 0.75)))
+    return {"AP": _mean_valid(p), "AP_50": _mean_valid(p[iou50]), "AP_75": _mean_valid(p[iou75]),
+            "num_gt": int(num_gt)}
+
+
+def _result_from_cocoeval(coco_eval: Any, class_names: list[str], predictions: list[dict[str, Any]],
+                          gt: Mapping[str, Any], duplicates: int, metrics: dict[str, float]) -> EvalResult:
+    params = coco_eval.params
+    iou50 = int(np.argmin(np.abs(np.asarray(params.iouThrs) - 0.5)))
     num_gt = np.bincount([a["category_id"] for a in gt["annotations"]], minlength=len(class_names) + 1)
 
     per_class: dict[str, dict[str, float]] = {}
     pr_precision = np.full((len(class_names), len(params.recThrs)), np.nan)
     for label, name in enumerate(class_names, start=1):
-        k = cat_index.get(label)
-        p = precision[:, :, k, area_all, max_dets] if k is not None else np.full((1, 1), -1.0)
-        per_class[name] = {
-            "AP": _mean_valid(p),
-            "AP_50": _mean_valid(p[iou50]) if k is not None else float("nan"),
-            "AP_75": _mean_valid(p[iou75]) if k is not None else float("nan"),
-            "num_gt": int(num_gt[label]),
-        }
-        if k is not None and (p[iou50] > -1).any():
+        per_class[name] = class_ap(coco_eval, label, int(num_gt[label]))
+        p = class_precision(coco_eval, label)
+        if p is not None and (p[iou50] > -1).any():
             pr_precision[label - 1] = np.where(p[iou50] > -1, p[iou50], np.nan)
     return EvalResult(
         metrics=metrics,
@@ -568,11 +735,41 @@ def autocast_context(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, dtype=dtype)
 
 
+def detection_cap(model: nn.Module) -> int | None:
+    """The most detections per image ``model`` returns, where it says (torchvision's
+    ``roi_heads.detections_per_img``, or any submodule's ``detections_per_img``); None when nothing says."""
+    for module in model.modules():
+        cap = getattr(module, "detections_per_img", None)
+        if isinstance(cap, int) and not isinstance(cap, bool):
+            return cap
+    return None
+
+
+def detection_cap_notes(size_bins: str, cap: int | None, observed: int) -> list[str]:
+    """What a reader of AI-TOD numbers must know: a model that returns at most ``cap`` < 1500 detections
+    per image (``observed``: the most any evaluated image had) was not evaluated at AI-TOD's limit."""
+    if size_bins == "coco":
+        return []
+    if cap is not None and cap < AITOD_MAX_DETS and observed <= cap:
+        return [f"AI-TOD counts up to {AITOD_MAX_DETS} detections per image; this model returns at most {cap} "
+                f"(model.detector.detections_per_img), so the *_aitod, verytiny and tiny numbers are at {cap} "
+                f"detections per image: set model.detector.detections_per_img={AITOD_MAX_DETS} for the protocol's"]
+    if cap is None and observed < AITOD_MAX_DETS:
+        return [f"AI-TOD counts up to {AITOD_MAX_DETS} detections per image; the model's limit is unknown and no "
+                f"image had more than {observed}"]
+    return []
+
+
 def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str, *, precision: str = "fp32",
              class_names: Sequence[str], zero_modalities: Sequence[str] | None = None,
              max_batches: int | None = None, gather: bool = False,
-             on_batch: Callable[[int], None] | None = None) -> EvalResult:
+             on_batch: Callable[[int], None] | None = None, size_bins: str = "coco",
+             max_detections: int | None = None) -> EvalResult:
     """Run ``model`` over ``loader`` and return COCO metrics, per-class AP and the detections.
+
+    ``size_bins`` (``eval.size_bins``): coco, aitod or both (see the module docstring). ``max_detections``:
+    the model's detections-per-image limit (None: :func:`detection_cap` reads it from the model); with
+    AI-TOD bins and a limit below 1500, ``result.notes`` says so.
 
     ``loader`` yields ``(images, targets, metas)`` batches. ``zero_modalities`` (None: keep the model's
     own setting) replaces these modalities by zeros for this evaluation only; the model's previous zeroing
@@ -585,8 +782,9 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
     core = _unwrap(model)
     previous_zero = list(core.zero_modalities) if hasattr(core, "zero_modalities") else None
     was_training = model.training
-    evaluator = DetectionEvaluator(class_names)
+    evaluator = DetectionEvaluator(class_names, size_bins)
     cast = autocast_context(device, precision)  # validates precision before any work
+    cap = max_detections if max_detections is not None else detection_cap(model)
     try:
         if zero_modalities is not None:
             core.set_zero_modalities(list(zero_modalities))
@@ -609,14 +807,17 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
         model.train(was_training)
     if gather:
         evaluator.synchronize()
-    return evaluator.compute()
+    result = evaluator.compute()
+    result.notes = detection_cap_notes(size_bins, cap, result.max_detections_per_image)
+    return result
 
 
 def robustness_table(model: nn.Module, loader: Iterable[Any], device: torch.device | str, *,
                      precision: str = "fp32", class_names: Sequence[str],
                      modalities: Sequence[str] | None = None,
                      max_batches: int | None = None, gather: bool = False,
-                     on_progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+                     on_progress: Callable[[int, int], None] | None = None,
+                     size_bins: str = "coco") -> list[dict[str, Any]]:
     """mAP etc. with all inputs, then with each modality zeroed in turn (missing-sensor robustness).
 
     Rows are ``{"zeroed": "none" | name, **metrics}``. Only modalities the model's streams read are tried
@@ -624,7 +825,8 @@ def robustness_table(model: nn.Module, loader: Iterable[Any], device: torch.devi
     "none" row is the model as configured, so each row differs from it by exactly one missing sensor.
     ``gather``: every rank of a distributed run evaluates its shard (see :func:`evaluate`).
     ``on_progress(done, total)`` is called after every batch with the batches done over all passes and
-    their total (for a progress display; total 0 when ``loader`` has no length).
+    their total (for a progress display; total 0 when ``loader`` has no length). ``size_bins``: the metrics
+    of each row (see :func:`evaluate`).
     """
     core = _unwrap(model)
     layout = core.layout
@@ -643,7 +845,7 @@ def robustness_table(model: nn.Module, loader: Iterable[Any], device: torch.devi
             on_batch = lambda n, before=index * per_pass: on_progress(before + n, per_pass * len(passes))  # noqa: E731
         result = evaluate(model, loader, device, precision=precision, class_names=class_names,
                           zero_modalities=base + ([zeroed] if zeroed else []), max_batches=max_batches,
-                          gather=gather, on_batch=on_batch)
+                          gather=gather, on_batch=on_batch, size_bins=size_bins)
         rows.append({"zeroed": zeroed or "none", **result.metrics})
     return rows
 

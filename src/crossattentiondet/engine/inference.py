@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossattentiondet.config import ExperimentConfig, build_config, config_to_dict
+from crossattentiondet.config import EvalConfig, ExperimentConfig, build_config, config_to_dict
 from crossattentiondet.data.checks import DTYPE_SCALE
 from crossattentiondet.engine.checkpoint import load_checkpoint, run_dir_of
 from crossattentiondet.engine.runtime import DistInfo, autocast, resolve_device
@@ -216,13 +216,23 @@ def conformed_frames(checkpoint: dict[str, Any], frames: list[tuple[str, dict[st
 
 def detect_frames(model: nn.Module, config: ExperimentConfig, checkpoint: dict[str, Any],
                   frames: list[tuple[str, dict[str, Any]]], *, score_thresh: float = 0.3, batch_size: int = 4,
-                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                  echo: Callable[[str], None] = print, tiling: EvalConfig | None = None) -> list[dict[str, Any]]:
     """Run ``model`` on frames (name, modality -> raw array), after checking and converting them to what it
     was trained on (data/inputs.py). Returns per frame: name, the model-input image (C, H, W), and
-    boxes (xyxy) / scores / labels (model labels: 1 = first class) as CPU tensors, scores >= ``score_thresh``."""
+    boxes (xyxy) / scores / labels (model labels: 1 = first class) as CPU tensors, scores >= ``score_thresh``.
+
+    With ``eval.tile`` set (of ``tiling``, default ``config.eval``) each frame is detected in overlapping
+    windows merged in frame coordinates (:mod:`crossattentiondet.engine.tiling`); ``batch_size`` frames per
+    call then, their windows run a few at a time."""
     from crossattentiondet.data import Sample, to_model_input
+    from crossattentiondet.engine.tiling import maybe_tiled
 
     frames, order = conformed_frames(checkpoint, frames, echo)
+    tiling = tiling if tiling is not None else config.eval
+    model = maybe_tiled(model, tiling)
+    if tiling.tile is not None:
+        echo(f"tiled inference: {tiling.tile} px windows overlapping by {tiling.tile_overlap:g}, merged by "
+             f"class-wise NMS at IoU {tiling.tile_nms_iou:g}")
     device = next(model.parameters()).device
     results: list[dict[str, Any]] = []
     for start in range(0, len(frames), batch_size):
@@ -254,7 +264,8 @@ def predict(path: str | Path, inputs: list[str | Path], out_dir: str | Path, *, 
 def write_detections(model: nn.Module, config: ExperimentConfig, checkpoint: dict[str, Any],
                      frames: list[tuple[str, dict[str, Any]]], out: Path, *, score_thresh: float = 0.3,
                      panels: int = 16, batch_size: int = 4, echo: Callable[[str], None] = print) -> Path:
-    """Detect objects in ``frames``; writes detections.json (and one panels.png with up to ``panels`` frames)."""
+    """Detect objects in ``frames``; writes detections.json (and one panels.png with up to ``panels`` frames).
+    ``config.eval.tile`` set: tiled inference (see :func:`detect_frames`), recorded in the file's "tiling"."""
     from crossattentiondet import viz
 
     names = list(checkpoint.get("class_names") or [])
@@ -267,8 +278,12 @@ def write_detections(model: nn.Module, config: ExperimentConfig, checkpoint: dic
                        for b, sc, lab in zip(r["boxes"], r["scores"], r["labels"])],
     } for r in results]
     result = out / "detections.json"
+    ev = config.eval
+    # how the frames were cut, so the file says how its boxes were obtained (None: whole frames)
+    tiling = {"tile": ev.tile, "overlap": ev.tile_overlap, "nms_iou": ev.tile_nms_iou} if ev.tile is not None else None
     atomic_write_json(result, {"checkpoint": str(checkpoint["path"]), "score_thresh": score_thresh,
-                               "class_names": names, "label_ids": "label 1 = class_names[0]", "frames": records})
+                               "tiling": tiling, "class_names": names, "label_ids": "label 1 = class_names[0]",
+                               "frames": records})
     shown = results[:panels]
     if panels > 0 and shown:
         viz.save_panels([r["image"] for r in shown], None,

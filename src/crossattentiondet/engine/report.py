@@ -29,32 +29,56 @@ def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentCo
                    on_result: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``split`` and write predictions, metrics, plots into ``out_dir``.
 
-    Returns a JSON-ready summary: metrics, per-class AP, robustness rows, speed, and (``eval.bootstrap``
+    Returns a JSON-ready summary: metrics (of ``eval.size_bins``), per-class AP, robustness rows, speed,
+    "size_bins", "max_dets" (detections per image and class behind each protocol's numbers), "notes" (a
+    model capped below AI-TOD's 1500 detections), "tiling" (``eval.tile`` set), and (``eval.bootstrap``
     > 0, rank 0) "bootstrap": the 95% CI of mAP over test images, whose samples go to
     bootstrap_<split><tag>.json. Only rank 0 writes. ``on_result`` is given the split's EvalResult (the
     run log's PR curves). Progress lines go to ``log.info`` (throttled, see ThrottledProgress).
+
+    With ``eval.tile`` the model runs on overlapping tiles of each frame (``engine.tiling.maybe_tiled``) for
+    everything here: metrics, robustness, panels and speed (the latency and FLOPs of tiled inference).
     """
-    from crossattentiondet.engine.evaluate import evaluate, robustness_table, save_predictions
+    from crossattentiondet.engine.evaluate import (
+        detection_cap,
+        evaluate,
+        max_dets_of,
+        robustness_table,
+        save_predictions,
+    )
     from crossattentiondet.engine.runlog import ThrottledProgress
 
     ev = config.eval
+    if ev.tile is not None:  # imported only when tiling is on
+        from crossattentiondet.engine.tiling import maybe_tiled
+
+        model = maybe_tiled(model, ev)
     batch = ev.batch_size or config.train.batch_size
     loader = data.loader(split, False, batch, distributed=info.enabled)
     images = len(data.splits[split])
     progress = ThrottledProgress(split, images, log.info)
+    # the model's own limit where it says one (a tiled model's merged cap), else the configured one
+    cap = detection_cap(model) or config.model.detector.detections_per_img
     result = evaluate(model, loader, device, precision=config.train.precision, class_names=data.class_names,
-                      gather=info.enabled, on_batch=progress.batches(len(loader)))
+                      gather=info.enabled, on_batch=progress.batches(len(loader)), size_bins=ev.size_bins,
+                      max_detections=cap)
     if on_result is not None:
         on_result(result)
     summary: dict[str, Any] = {"split": split, "images": images, "metrics": result.metrics,
-                               "per_class": result.per_class}
+                               "per_class": result.per_class, "size_bins": ev.size_bins,
+                               "max_dets": max_dets_of(ev.size_bins)}
+    if result.notes:
+        summary["notes"] = list(result.notes)
+    if ev.tile is not None:
+        summary["tiling"] = {"tile": ev.tile, "overlap": ev.tile_overlap, "nms_iou": ev.tile_nms_iou}
     from crossattentiondet.engine.missrate import split_miss_rates  # MR2_* (eval.miss_rate), lower is better
 
     summary["metrics"] = {**result.metrics, **split_miss_rates(result, data, ev.miss_rate, log)}
     if ev.robustness and len(model.layout.used_modalities()) > 1:
         passes = ThrottledProgress(f"{split} robustness", images, log.info, pass_batches=len(loader))
         rows = robustness_table(model, loader, device, precision=config.train.precision,
-                                class_names=data.class_names, gather=info.enabled, on_progress=passes)
+                                class_names=data.class_names, gather=info.enabled, on_progress=passes,
+                                size_bins=ev.size_bins)
         summary["robustness"] = rows
     if not info.is_main:
         return summary
@@ -88,9 +112,20 @@ def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentCo
     ci = f", 95% CI {boot['ci95'][0]:.4f}-{boot['ci95'][1]:.4f}" if boot and None not in boot["ci95"] else ""
     log.info(f"{split}: mAP {result.metrics['mAP']:.4f}{ci}  mAP50 {result.metrics['mAP_50']:.4f}  "
              f"mAP75 {result.metrics['mAP_75']:.4f}  ({summary['images']} images)")
+    if ev.size_bins != "coco":
+        m = result.metrics
+        log.info(f"{split} (AI-TOD bins, up to {max_dets_of(ev.size_bins)['aitod']} detections per image): "
+                 + "  ".join(f"{k} {_fmt(m[k])}" for k in ("mAP_aitod", "mAP_verytiny", "mAP_tiny",
+                                                           "mAP_small_aitod", "mAP_medium_aitod")))
+    for note in result.notes:
+        log.info(f"note: {note}")
     for row in summary.get("robustness", [])[1:]:
         log.info(f"{split} with {row['zeroed']} zeroed: mAP {row['mAP']:.4f}")
     return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
 def _bootstrap(result: Any, n_boot: int, path: Path, split: str, log: Any) -> dict[str, Any] | None:
@@ -208,13 +243,19 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
                 "train_time_s": round(state.train_time_s, 1), "train_images": len(data.splits["train"]),
                 "val_images": len(data.splits.get("val", [])), "test_images": len(data.splits.get(split, []))}
     metrics = summary["metrics"]
+    # the original's keys first; with eval.size_bins=aitod COCO's small/medium/large are not computed and left
+    # out (a null would read as "no ground truth of that size")
+    original = [k for k in ORIGINAL_RESULT_KEYS if k in metrics or config.eval.size_bins != "aitod"]
     final = {
         "experiment_id": config.name,
         "task": "detect",
         "primary_metric": "mAP",
         "config": config_to_dict(config),
-        "results": {**{k: metrics.get(k) for k in ORIGINAL_RESULT_KEYS}, **metrics,
+        "results": {**{k: metrics.get(k) for k in original}, **metrics,
                     "mAP_ci95": summary.get("bootstrap", {}).get("ci95")},
+        "size_bins": config.eval.size_bins,
+        "max_dets": summary.get("max_dets", {"coco": 100}),
+        **({"notes": summary["notes"]} if summary.get("notes") else {}),
         "validation": best_val,
         "per_class": summary.get("per_class", {}),
         "robustness": summary.get("robustness", []),
@@ -222,7 +263,9 @@ def finish_run(model: nn.Module, data: Any, config: ExperimentConfig, state: Any
         "model": model_block,
         "speed": speed,
     }
-    write_final_files(run_dir, final, metrics, {"per_class": summary.get("per_class", {})}, config, state, log,
+    extra = {"per_class": summary.get("per_class", {}), "size_bins": config.eval.size_bins,
+             **({"notes": summary["notes"]} if summary.get("notes") else {})}
+    write_final_files(run_dir, final, metrics, extra, config, state, log,
                       "final_results.json, metrics.csv, checkpoints/best.pt, plots/")
     return metrics, best_val
 

@@ -52,6 +52,10 @@ Files (regenerated from the run directories, written atomically):
   mAP on run rows, of the seed-mean on configuration rows), ``mAP_diff_paired`` whether the difference used
   shared resamples, ``mAP_p_holm`` / ``mAP_holm_comparisons`` Holm's p and its number of comparisons,
   ``mAP_verdict`` the report's verdict. ``time_hr`` is training time (final_results.json training.train_time_s).
+
+Size bins. Detection runs evaluated with AI-TOD's bins (``eval.size_bins`` aitod or both) have
+:data:`SIZE_BIN_METRICS` in their results; a study shows those columns (after COCO's) when any of its
+finished runs has them, and not otherwise.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ import io
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,8 @@ from crossattentiondet.studies.state import RunState
 
 # detection's columns (the module constants are detection's; a study uses its TaskMetrics, see below)
 TEST_METRICS = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large", "mAR_100")
+# AI-TOD's size bins (engine/evaluate.py, eval.size_bins aitod | both): columns only when a run has them
+SIZE_BIN_METRICS = ("mAP_aitod", "mAP_verytiny", "mAP_tiny", "mAP_small_aitod", "mAP_medium_aitod")
 VAL_METRICS = ("val_mAP", "val_mAP_50")
 ACCURACY_METRICS = TEST_METRICS + VAL_METRICS
 COST_METRICS = ("params_M", "backbone_gflops", "detector_gflops", "latency_ms", "time_hr")
@@ -230,7 +236,17 @@ def study_metrics(plan: StudyPlan, finals: list[tuple[str, dict[str, Any]]]) -> 
         raise ConfigError(f"study {plan.study_dir}: its {what} are of different tasks or primary metrics ({listed}); "
                           "a study compares runs of one task: put the others in a study of their own")
     task, primary = next(iter(seen)) if seen else ("detect", "mAP")
-    return task_metrics(task, primary, lower, sets)
+    return with_size_bins(task_metrics(task, primary, lower, sets), [final for _, final in finals])
+
+
+def with_size_bins(metrics: TaskMetrics, finals: list[dict[str, Any]]) -> TaskMetrics:
+    """``metrics`` with the :data:`SIZE_BIN_METRICS` that any of ``finals`` (final_results.json contents)
+    has in its results added to the test metrics (detection only; unchanged when none has them)."""
+    if metrics.task != "detect":
+        return metrics
+    present = tuple(k for k in SIZE_BIN_METRICS if k not in metrics.test
+                    and any(k in (final.get("results") or {}) for final in finals))
+    return replace(metrics, test=metrics.test + present) if present else metrics
 
 
 @dataclass
@@ -710,8 +726,9 @@ def summary_all_rows(results: StudyResults) -> tuple[list[dict[str, Any]], list[
     varied = [column_name(k) for k in results.varied_keys if column_name(k) != "backbone"]
     m = results.metrics
     if m.task == "detect" and m.primary == "mAP":
+        bins = [k for k in m.test if k in SIZE_BIN_METRICS]  # AI-TOD's, when the runs have them
         columns = ["exp_id", "seed", *varied, "backbone", "epochs", "mAP", "mAP_50", "mAP_75", "mAP_small",
-                   "mAP_medium", "mAP_large", "params_M", "time_hr", "status", "phase", "phase_name", "parent",
+                   "mAP_medium", "mAP_large", *bins, "params_M", "time_hr", "status", "phase", "phase_name", "parent",
                    "val_mAP", "val_mAP_50", "mAR_100", "backbone_gflops", "detector_gflops", "latency_ms",
                    "best_epoch", "split_seed", "error", "run_dir"]
     else:  # the same order: identity, test metrics, size and time, status, validation, the rest

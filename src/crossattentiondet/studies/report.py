@@ -22,6 +22,7 @@ from crossattentiondet.studies.aggregate import (
     ALPHA,
     BOOTSTRAP_FILE,
     RESOLUTION,
+    SIZE_BIN_METRICS,
     ConfigResult,
     StudyResults,
     collect,
@@ -33,6 +34,8 @@ from crossattentiondet.studies.runner import STUDY_RECORD, status_counts
 
 QUICK_BANNER = "QUICK SMOKE TEST: tiny models on synthetic data; numbers are not results"
 SEEDS_ONLY_MARK = "†"  # an interval without the test-sampling term (runs without bootstrap_test.json)
+_AITOD_HEADERS = {"mAP_aitod": "all", "mAP_verytiny": "very tiny", "mAP_tiny": "tiny", "mAP_small_aitod": "small",
+                  "mAP_medium_aitod": "medium"}
 
 
 def is_quick_study(plan: StudyPlan) -> bool:
@@ -263,7 +266,18 @@ def _cost_and_size_sections(results: StudyResults, plot_dir: Path, tag: str) -> 
             lines.append(f"| {c.configuration.id} | {_mean_std(c, 'mAP_small')} | {_mean_std(c, 'mAP_medium')} | "
                          f"{_mean_std(c, 'mAP_large')} |")
         path = plots.plot_ap_by_size(results, plot_dir / "ap_by_size.png", note=tag)
-        return [*lines, "", f"![AP by size](plots/{path.name})", ""]
+        lines += ["", f"![AP by size](plots/{path.name})", ""]
+        bins = [k for k in m.test if k in SIZE_BIN_METRICS]
+        if bins:  # runs evaluated with eval.size_bins aitod | both
+            lines += [f"## AP by AI-TOD object size{tag}", "", "AI-TOD's bins by sqrt(box area): very tiny < 8 px, "
+                      "tiny 8-16, small 16-32, medium >= 32, at up to 1500 detections per image (a run whose model "
+                      "returns fewer says so in its final_results.json notes). Mean ± standard deviation over "
+                      "runs.", "", "| configuration | " + " | ".join(_AITOD_HEADERS.get(k, k) for k in bins) + " |",
+                      "|---" * (len(bins) + 1) + "|"]
+            for c in results.configs:
+                lines.append(f"| {c.configuration.id} | " + " | ".join(_mean_std(c, k) for k in bins) + " |")
+            lines.append("")
+        return lines
     lower = [k for k in m.test if m.lower_better(k)]
     lines += [f"## Test metrics{tag}", "", "Mean ± standard deviation over runs, per image at the ground truth's "
               "resolution" + (f"; smaller is better for {', '.join(lower)}" if lower else "") + ".", "",
