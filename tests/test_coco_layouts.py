@@ -110,6 +110,26 @@ def test_roboflow_layout_read_and_categories_merged_by_name(tmp_path: Path) -> N
     assert all(s.startswith("valid_") for s in report.split.splits["val"])
 
 
+def test_roboflow_supercategory_placeholder_is_dropped(tmp_path: Path) -> None:
+    root = tmp_path / "rf"
+    # Roboflow's export: the supercategory "objects" is category 0, unused; the real classes name it
+    categories = [{"id": 0, "name": "objects", "supercategory": "none"},
+                  {"id": 1, "name": "player", "supercategory": "objects"},
+                  {"id": 2, "name": "ball", "supercategory": "objects"}]
+    for split, n in (("train", 4), ("valid", 2), ("test", 2)):
+        write_split(root / split, n, roboflow=True, json_name="_annotations.coco.json", categories=categories)
+    source = open_source(root)
+    assert source.class_names == ["player", "ball"]
+    assert source.read("train_000001").labels.tolist() == [1, 2]
+    # the note (source.py does not yet copy merged COCO notes into source.notes)
+    assert any("'objects'" in note and "supercategory" in note for note in source.labels.notes), source.labels.notes
+    # an unused category that is nobody's supercategory is a real (empty) class and stays
+    kept = tmp_path / "kept"
+    write_split(kept / "train", 2, roboflow=True, json_name="_annotations.coco.json",
+                categories=[*CATEGORIES, {"id": 5, "name": "referee", "supercategory": "people"}])
+    assert open_source(kept).class_names == ["player", "ball", "referee"]
+
+
 def test_train_and_val_only_leave_test_empty(tmp_path: Path) -> None:
     root = seed_tree(tmp_path / "tv", {"train": 4, "val": 2})
     plan = check_dataset(root, check_split=True).split

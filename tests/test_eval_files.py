@@ -125,6 +125,25 @@ def test_1500_detections_per_image_through_files(tmp_path: Path) -> None:
     assert m["metrics"]["mAP_tiny"] == pytest.approx(1.0) and m["notes"] == []  # area w*h where the file has none
 
 
+def test_file_areas_that_differ_from_the_box_are_kept_and_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gt = ground_truth()
+    # a 12 x 12 ball (box area 144, tiny) with a mask area of 49 (very tiny by the file), and one 0.5 % off
+    gt["annotations"][1]["area"] = 49.0
+    gt["annotations"][2]["area"] = 40 * 60 * 1.005
+    dt = detections(gt, keep=lambda ann: ann["bbox"][2] == 12)  # only the 12 px ball is found
+    pred, gt_path = write(tmp_path, "dt.json", dt), write(tmp_path, "gt.json", gt)
+    result = evaluate_detection_files(pred, gt_path, "aitod")
+    # the file's area decides the bin: the found ball is very tiny (beside 2 missed 5 px balls), not tiny
+    assert result["metrics"]["mAR_verytiny"] == pytest.approx(1 / 3) and math.isnan(result["metrics"]["mAR_tiny"])
+    area_notes = [n for n in result["notes"] if "w*h" in n]
+    assert len(area_notes) == 1 and area_notes[0].startswith("1 of 5 annotation(s)") and "box areas" in area_notes[0]
+    assert main(["eval", "--pred", str(pred), "--gt", str(gt_path)]) == 0
+    assert "1 of 5 annotation(s)" in capsys.readouterr().out
+    # areas equal to w*h: no note
+    assert not [n for n in evaluate_detection_files(pred, write(tmp_path, "gt2.json", ground_truth()))["notes"]
+                if "w*h" in n]
+
+
 GOOD_GT = ground_truth()
 GOOD_DT = detections(GOOD_GT)
 
@@ -181,6 +200,7 @@ def test_missing_files_and_misused_flags(tmp_path: Path, capsys: pytest.CaptureF
         (["--pred", str(pred)], "--pred and --gt go together"),
         (["--pred", str(pred), "--gt", str(gt), "--split", "test"], "give no checkpoint"),
         (["--pred", str(pred), "--gt", str(gt), "--tile", "64"], "scored as they are"),
+        (["--pred", str(pred), "--gt", str(gt), "--classes", "3"], "--classes 3: for saved segmentation maps"),
         (["--pred", str(tmp_path), "--gt", str(tmp_path), "--size-bins", "aitod"], "not with saved maps"),
     ]
     for argv, message in cases:
@@ -222,12 +242,20 @@ def test_size_bins_and_tile_flags_become_overrides(monkeypatch: pytest.MonkeyPat
     # a flag and an override of the same key, an overlap without tiles, an overlap out of range
     for argv, message in [
         (["eval", "runs/x", "--size-bins", "aitod", "eval.size_bins=coco"], "--size-bins aitod conflicts"),
-        (["eval", "runs/x", "--overlap", "0.3"], "needs --tile"),
         (["eval", "runs/x", "--tile", "64", "--overlap", "1.5"], "below 1"),
-        (["predict", "runs/x", "f", "--out", str(tmp_path / "p"), "--overlap", "0.1"], "needs --tile"),
+        (["predict", "runs/x", "f", "--out", str(tmp_path / "p"), "--overlap", "1.0"], "below 1"),
     ]:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
+    # --overlap alone applies to the tile the run's config (or an override) sets: passed on, with a note
+    # only when no tile is given here
+    assert main(["eval", "runs/x", "--overlap", "0.3"]) == 0 and seen["eval"] == ["eval.tile_overlap=0.3"]
+    assert "applies to the run's eval.tile" in capsys.readouterr().err
+    assert main(["eval", "runs/x", "--overlap", "0.3", "eval.tile=320"]) == 0
+    assert seen["eval"] == ["eval.tile_overlap=0.3", "eval.tile=320"] and "note" not in capsys.readouterr().err
+    assert main(["predict", "runs/x", "f", "--out", str(tmp_path / "p"), "--overlap", "0.1"]) == 0
+    assert seen["predict"] == ["eval.tile_overlap=0.1"]
+    capsys.readouterr()
 
 
 @pytest.mark.slow

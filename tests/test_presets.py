@@ -73,3 +73,49 @@ def test_training_logs_the_recipe_warnings_at_start(trees, tmp_path: Path, monke
     assert "warning: the recipe is odd" in (tmp_path / "runs" / "w" / "training.log").read_text()
     # called with the number of training frames of the run's split (60 % of 10 frames)
     assert seen == [6]
+
+
+def test_detr_tiny_preset_holds_the_seed_recipe() -> None:
+    """preset:detr_tiny: the seeds/003 project's recipe on the DETR head, with stride 4 for tiny objects."""
+    assert {"detr_tiny", "frcnn_tiny"} <= set(preset_names())
+    config = load_config("preset:detr_tiny")
+    detector, train = config.model.detector, config.train
+    assert detector.type == "detr" and detector.detr.levels == [1, 2, 3, 4] and detector.resize == "native"
+    assert (train.optimizer.type, train.lr, train.optimizer.weight_decay, train.optimizer.backbone_lr_mult) == \
+        ("adamw", 1e-4, 1e-4, 0.1)
+    s = train.schedule
+    assert (s.type, s.warmup_epochs, s.warmup_factor, s.min_lr) == ("cosine", 5, 0.1, 1e-6)
+    assert train.grad_clip == 0.1 and train.precision == "fp32"  # CPU-safe; fp16 is an override on a GPU
+    assert config.eval.size_bins == "both" and detector.detections_per_img == 300
+    aug = config.data.augment
+    assert aug.hflip == 0.5 and (aug.copy_paste.prob, aug.copy_paste.max_pastes) == (0.5, 3)
+    assert (aug.clahe, aug.motion_blur, aug.multi_scale) == (0.0, 0.0, None)  # the fast configuration's choice
+    assert load_config("preset:detr_tiny", ["train.precision=fp16"]).train.precision == "fp16"
+
+
+def test_frcnn_tiny_preset_has_anchors_from_8_px_on_p2() -> None:
+    config = load_config("preset:frcnn_tiny")
+    detector = config.model.detector
+    assert detector.type == "faster_rcnn" and detector.resize == "native" and config.eval.size_bins == "both"
+    sizes = detector.anchor_sizes
+    assert sizes[0][0] == 8 and [level[0] for level in sizes] == [8, 16, 32, 64, 128]  # one octave per level
+    # the second size of each level sits half an octave up, so a centred square between two sizes overlaps its
+    # nearest anchor at IoU a/b (at the geometric midpoint of sizes a < b): near the RPN's positive threshold
+    # (0.7) with half-octave steps, 0.5 with one size per level
+    for small, large in sizes:
+        assert abs(large / small - 2 ** 0.5) < 0.05
+    steps = [s for level in sizes for s in level]
+    worst = min(a / b for a, b in zip(steps, steps[1:]))
+    assert worst > detector.rpn.fg_iou_thresh - 0.02
+    assert min(a / b for a, b in zip(steps[::2], steps[2::2])) == 0.5  # the octave-only anchors
+
+
+def test_tiny_presets_resolve_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from crossattentiondet.cli import main
+
+    for preset, head in (("detr_tiny", "detr"), ("frcnn_tiny", "faster_rcnn")):
+        assert main(["config", "--config", f"preset:{preset}"]) == 0
+        resolved = yaml.safe_load(capsys.readouterr().out.split("\n\n")[0])
+        assert resolved["model"]["detector"]["type"] == head and resolved["name"] == preset

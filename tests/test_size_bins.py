@@ -106,21 +106,25 @@ def test_each_bin_alone_and_a_bin_without_ground_truth_is_nan() -> None:
 
 
 @pytest.mark.parametrize("edge", [8.0, 16.0, 32.0])
-def test_a_box_on_a_bin_edge_is_in_the_upper_bin_only(edge: float) -> None:
-    # ground truth: one box of each edge side (sqrt(area) = 8, 16, 32 exactly); only the one of side `edge`
-    # is detected. It must be in the bin starting at `edge` (found: AR 1 there, alone) and not in the bin
-    # ending there (which holds the smaller edge box, undetected: AR 0; or nothing: NaN)
-    sides = (8.0, 16.0, 32.0)
-    gt = [(square(100 + 300 * i, 100, s), 1) for i, s in enumerate(sides)]
-    dt = [(square(100 + 300 * sides.index(edge), 100, edge), 1, 0.9)]
+def test_a_box_on_a_bin_edge_counts_in_both_neighbouring_bins(edge: float) -> None:
+    # the official AI-TOD toolkit's ranges are COCOeval's inclusive [lo, hi]: one ground-truth box with
+    # sqrt(area) exactly `edge`, found exactly, is in the bin ending at `edge` and in the one starting there
+    # (found: AP / AR 1 in both); the other bins hold nothing (NaN)
+    gt = [(square(100.0, 100.0, edge), 1)]
+    dt = [(square(100.0, 100.0, edge), 1, 0.9)]
     m = evaluated(gt, dt, "aitod").metrics
     upper = {8.0: "tiny", 16.0: "small_aitod", 32.0: "medium_aitod"}[edge]
     lower = {8.0: "verytiny", 16.0: "tiny", 32.0: "small_aitod"}[edge]
-    assert m[f"mAR_{upper}"] == pytest.approx(1.0) and m[f"mAP_{upper}"] == pytest.approx(1.0)
-    if edge == 8.0:
-        assert math.isnan(m[f"mAR_{lower}"])  # nothing below 8 px
-    else:
-        assert m[f"mAR_{lower}"] == 0.0  # only the smaller, undetected edge box
+    for label in (lower, upper):
+        assert m[f"mAR_{label}"] == pytest.approx(1.0) and m[f"mAP_{label}"] == pytest.approx(1.0), label
+    for label in set(SIDES) - {lower, upper}:
+        assert math.isnan(m[f"mAR_{label}"]) and math.isnan(m[f"mAP_{label}"]), label
+    # and an undetected edge box is a miss in both bins: AR 0 there, not NaN
+    m = evaluated([(square(100.0, 100.0, edge), 1), (square(600.0, 600.0, 4.0), 1)],
+                  [(square(600.0, 600.0, 4.0), 1, 0.9)], "aitod").metrics
+    assert m[f"mAR_{upper}"] == 0.0
+    # the lower bin has the missed edge box, plus the found 4 px box when it is the very tiny bin
+    assert m[f"mAR_{lower}"] == pytest.approx(0.5 if lower == "verytiny" else 0.0)
 
 
 def crowd(n: int, side: float = 10.0) -> tuple[list[Any], list[Any]]:

@@ -164,10 +164,47 @@ def test_classwise_nms_keeps_overlapping_boxes_of_different_classes() -> None:
         (1, [50.0, 20.0, 60.0, 30.0]), (2, [51.0, 21.0, 61.0, 31.0])]
 
 
-def test_detections_are_capped_to_the_models_count_highest_first() -> None:
+class ManyBoxes(nn.Module):
+    """A stub detector that returns ``cap`` distinct, non-overlapping boxes per window, wherever it is."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.detections_per_img = cap
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        outputs = []
+        for img in images:
+            width = int(img.shape[-1])
+            per_row = width // 4
+            boxes = [[4.0 * (i % per_row) + 1, 4.0 * (i // per_row) + 1, 4.0 * (i % per_row) + 3,
+                      4.0 * (i // per_row) + 3] for i in range(self.detections_per_img)]
+            outputs.append({"boxes": torch.tensor(boxes), "scores": torch.linspace(0.9, 0.1, len(boxes)),
+                            "labels": torch.ones(len(boxes), dtype=torch.int64)})
+        return outputs
+
+
+def test_merged_cap_is_the_window_cap_times_the_windows() -> None:
+    # 8 windows of a 256 x 128 frame, 20 boxes (the model's cap) in each, all 2 px and apart within a window;
+    # windows overlap, so some boxes coincide across windows and NMS merges them, but far more than one
+    # window's 20 remain: the merged frame keeps up to 20 x 8
+    windows = tile_windows(256, 128, 64, 0.0)
+    assert len(windows) == 8
+    model = ManyBoxes(20)
+    tiled = TiledDetector(model, 64, 0.0)
+    [out] = tiled(torch.zeros(1, 3, 128, 256))
+    assert tiled.frame_cap(8) == 160 and len(out["boxes"]) == 160  # no overlap: no duplicates, all kept
+    assert out["scores"].tolist() == sorted(out["scores"].tolist(), reverse=True)
+    # an explicit cap is the frame's, whatever its windows
+    [out] = TiledDetector(model, 64, 0.0, detections_per_img=30)(torch.zeros(1, 3, 128, 256))
+    assert len(out["boxes"]) == 30
+    with pytest.raises(ConfigError, match="detections_per_img"):
+        TiledDetector(model, 64, 0.0, detections_per_img=0)
+
+
+def test_an_explicit_cap_keeps_the_highest_first() -> None:
     squares = [(0, 8 + 30 * i, 8, 8 + 30 * i + 4 + 2 * i, 20) for i in range(5)]  # widths 4, 6, ..., 12
     image = frame(160, 64, squares)
-    [out] = TiledDetector(BrightSquares(cap=3), 64, 0.25)([image])
+    [out] = TiledDetector(BrightSquares(), 64, 0.25, detections_per_img=3)([image])
     assert len(out["scores"]) == 3
     assert out["scores"].tolist() == sorted(out["scores"].tolist(), reverse=True)
     assert sorted(b[2] - b[0] for b in out["boxes"].tolist()) == [8.0, 10.0, 12.0]  # the 3 largest regions
@@ -193,7 +230,8 @@ def test_wrapper_reads_as_the_model_and_refuses_training() -> None:
     tiled = maybe_tiled(model, CONFIG.eval.model_copy(update={"tile": 64}))
     assert isinstance(tiled, TiledDetector) and not tiled.training and not model.training
     assert maybe_tiled(model, CONFIG.eval) is model  # eval.tile None: unchanged
-    assert tiled.layout is model.layout and tiled.num_classes == 2 and tiled.detections_per_img == 100
+    assert tiled.layout is model.layout and tiled.num_classes == 2 and tiled.window_detections_per_img == 100
+    assert tiled.detections_per_img is None  # no explicit cap: the model's per window
     assert next(tiled.parameters()) is model.anchor
     tiled.set_zero_modalities(["thermal"])
     assert tiled.zero_modalities == ["thermal"] == model.zero_modalities
@@ -249,7 +287,7 @@ def test_tiny_faster_rcnn_tiled_gives_frame_coordinate_boxes() -> None:
         [out] = tiled([image])
         windows = tile_windows(160, 120, 64, 0.25)
         per_window = model([image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in windows])
-    assert 0 < len(out["boxes"]) <= 40 and tiled.detections_per_img == 40
+    assert 0 < len(out["boxes"]) <= 40 * len(windows) and tiled.window_detections_per_img == 40
     boxes = out["boxes"]
     assert float(boxes[:, [0, 2]].min()) >= 0 and float(boxes[:, [0, 2]].max()) <= 160
     assert float(boxes[:, [1, 3]].min()) >= 0 and float(boxes[:, [1, 3]].max()) <= 120
@@ -311,3 +349,20 @@ def test_api_predict_tile_keyword(tmp_path: Path) -> None:
         detector.predict(arrays, tile=16)
     with pytest.raises(ConfigError, match="overlap=1.0"):
         detector.predict(arrays, tile=64, overlap=1.0)
+
+
+def test_api_overlap_without_any_tile_is_a_config_error() -> None:
+    from crossattentiondet.api import Detector
+    from crossattentiondet.errors import DataError
+
+    plain = Detector(BrightSquares(), CONFIG, {"config": config_to_dict(CONFIG)})
+    for kwargs in ({"overlap": 0.3}, {"nms_iou": 0.4}):
+        with pytest.raises(ConfigError, match="needs a tile"):
+            plain.predict([], **kwargs)
+    # a tile in the run's config: the overlap applies to it (the call gets as far as the frames)
+    tiled_config = build_config({}, ["eval.tile=64"])
+    tiled = Detector(BrightSquares(), tiled_config, {"config": config_to_dict(tiled_config)})
+    with pytest.raises(DataError, match="no frames given"):
+        tiled.predict([], overlap=0.3)
+    with pytest.raises(DataError, match="no frames given"):
+        plain.predict([], tile=64, overlap=0.3)

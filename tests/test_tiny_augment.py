@@ -408,3 +408,18 @@ def test_unreadable_donor_fails_cleanly_or_is_skipped(tiny_data: Path) -> None:
     dataset = skipping.dataset("train", train=True)
     dataset.stems = stems  # the split as it was when the files were fine
     assert dataset[(0, 0)] is None and dataset.skip_counter.value == 1
+
+
+def test_a_donor_or_mosaic_frame_without_a_modality_is_a_donor_error() -> None:
+    # a DonorReadError (what the dataset's data.on_error=skip catches), not a plain DataError
+    from crossattentiondet.data.dataset import DonorReadError
+
+    lacking = frame(3, [[20, 20, 30, 30]], [1])
+    del lacking.modalities["thermal"]
+    paste = build_transforms(off(copy_paste=CopyPasteConfig(prob=1.0, max_pastes=1, margin=0.0)), modalities(),
+                             train=True)
+    with pytest.raises(DonorReadError, match="donor frame lacks modality 'thermal'"):
+        paste(frame(0, [], []), np.random.default_rng(0), donors_of([lacking]))
+    mosaic = build_transforms(off(mosaic=1.0), modalities(), train=True)
+    with pytest.raises(DonorReadError, match="mosaic frame lacks modality 'thermal'"):
+        mosaic(frame(0, [[1, 1, 20, 20]], [1]), np.random.default_rng(0), donors_of([lacking] * 3))

@@ -109,12 +109,18 @@ class Detector:
         if not given:
             return self.config.eval
         try:
-            return EvalConfig.model_validate({**self.config.eval.model_dump(), **given})
+            tiling = EvalConfig.model_validate({**self.config.eval.model_dump(), **given})
         except ValidationError as err:
             names = {"tile": "tile", "tile_overlap": "overlap", "tile_nms_iou": "nms_iou"}
             problems = "; ".join(f"{names.get(str(e['loc'][0]), e['loc'][0])}={e.get('input')!r}: {e['msg']}"
                                  for e in err.errors())
             raise ConfigError(f"predict: {problems}") from None
+        if tiling.tile is None:  # an overlap / NMS of tiles without tiles would be silently ignored
+            passed = ", ".join(f"{name}={value!r}" for name, value in (("overlap", overlap), ("nms_iou", nms_iou))
+                               if value is not None)
+            raise ConfigError(f"predict: {passed} needs a tile: pass tile=PX (or load with overrides="
+                              "['eval.tile=PX']); this run sets no eval.tile")
+        return tiling
 
     def _frames(self, inputs: Any) -> list[tuple[str, dict[str, Any]]]:
         from crossattentiondet.engine.inference import input_frames, split_channels

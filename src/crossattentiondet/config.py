@@ -163,9 +163,10 @@ class ColorJitterConfig(StrictModel):
 
 class CopyPasteConfig(StrictModel):
     """Copy-paste (Ghiasi et al. 2021, box version): with ``prob``, 1..``max_pastes`` objects cut (box + a
-    ``margin`` of context) from other training frames of the same split are pasted at random free places, with
-    their boxes, into every modality; pasted objects cover what they land on (covered boxes are dropped as in
-    a crop). ``classes``: only these class names are pasted (None: all), e.g. the rare ball."""
+    ``margin`` of context) from other training frames of the same split are pasted at their native size at
+    random free places, with their boxes, into every modality: a place is free when the pasted patch covers at
+    most 30 % of any box already there (10 tries, else that object is left out), so no existing box is dropped.
+    ``classes``: only these class names are pasted (None: all), e.g. the rare ball. Detection only."""
 
     prob: float = Field(default=0.0, ge=0, le=1)
     max_pastes: int = Field(default=3, ge=1)
@@ -200,13 +201,14 @@ class AugmentConfig(StrictModel):
     rot90: float = Field(default=0.0, ge=0, le=1)
     clahe_clip_limit: float = Field(default=2.0, gt=0)
     clahe_tiles: int = Field(default=8, ge=1)  # tiles per side of the CLAHE grid (8 = 8x8)
-    motion_blur_max_kernel: int | None = Field(default=None, ge=3)  # None: always motion_blur_kernel; else random 3..max
+    motion_blur_max_kernel: int | None = Field(default=None, ge=3)  # None: always motion_blur_kernel; else random odd 3..max
     # detection, tiny objects (seeds/003): objects cut from other training frames pasted in (all modalities)
     copy_paste: CopyPasteConfig = CopyPasteConfig()
-    # four training frames in a 2x2 grid around a random centre, cut to the first frame's size (YOLO-style)
+    # four training frames in a 2x2 grid around a random centre, cut to the first frame's size (YOLO-style);
+    # boxes keeping less than crop_min_visible of their area are dropped. Detection only
     mosaic: float = Field(default=0.0, ge=0, le=1)
-    # multi-scale training: the shorter side drawn from [min, max] (multiples of 32, like DETR's 480..800 or
-    # the seed's 800..1333), the longer side capped at multi_scale_max_size; None: off (native size)
+    # multi-scale training: the shorter side drawn among the multiples of 32 in [min, max] (like DETR's
+    # 480..800), the longer side capped at multi_scale_max_size (the seed's 800 / 1333); None: off (native size)
     multi_scale: tuple[int, int] | None = None
     multi_scale_max_size: int | None = Field(default=None, ge=32)
 
@@ -439,6 +441,9 @@ class DetrConfig(StrictModel):
         _check_stages(self.levels)
         if not self.levels:
             raise ValueError("model.detector.detr.levels: name at least one encoder stage (1..4)")
+        if self.hidden_dim % 4:
+            raise ValueError(f"model.detector.detr.hidden_dim={self.hidden_dim} must be a multiple of 4 (the sine "
+                             "positional encoding splits it over x, y and sin, cos)")
         if self.hidden_dim % self.num_heads:
             raise ValueError(f"model.detector.detr.hidden_dim={self.hidden_dim} is not divisible by "
                              f"num_heads={self.num_heads}")
@@ -839,6 +844,11 @@ class ExperimentConfig(StrictModel):
                 f"model.streams / model.zero_modalities name modalities {unknown} that data.modalities "
                 f"does not define (defined: {sorted(known)})"
             )
+        if self.data.augment.multi_scale is not None and self.model.detector.resize == "shorter_side" \
+                and self.task == "detect":
+            raise ValueError("data.augment.multi_scale has no effect with model.detector.resize=shorter_side (the "
+                             "detector resizes every image to min_size again); use resize=native with multi_scale, "
+                             "or vary model.detector.min_size instead")
         for key in ("rgb_modalities", "thermal_modalities"):
             names = getattr(self.data.augment, key)
             missing = [n for n in names if n not in known]
@@ -1156,9 +1166,22 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "") -> ExperimentConfig:
-    """Validate a raw mapping (plus dotted overrides) into an :class:`ExperimentConfig`."""
+    """Validate a raw mapping (plus dotted overrides) into an :class:`ExperimentConfig`.
+
+    A file in the seeds/003 project's shape is translated first (:mod:`crossattentiondet.seed003`; its notes
+    are shown once and kept for the run's log), then the original project's JSON templates
+    (:func:`translate_legacy`): both have a ``training`` section, the seed's shape is the more specific.
+    """
+    from crossattentiondet import seed003
+
     tree = copy.deepcopy(raw)
-    if is_legacy(tree):
+    seed_notes: list[str] = []
+    if seed003.is_seed003(tree):
+        try:
+            tree, seed_notes = seed003.translate_seed003(tree)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}" if source else str(err)) from None
+    elif is_legacy(tree):
         tree = translate_legacy(tree)
     if overrides:
         # start from the defaults so an override can reach into a list the file did not spell out
@@ -1168,10 +1191,16 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source
         path, value = parse_override(text)
         set_dotted(tree, path, value)
     try:
-        return ExperimentConfig.model_validate(tree)
+        config = ExperimentConfig.model_validate(tree)
     except ValidationError as err:
         where = source + (" + overrides" if overrides else "") if source else ("overrides" if overrides else "")
-        raise ConfigError(format_validation_error(err, where)) from None
+        # the seed's leak-hiding knobs (train.memory_cleanup_frequency=30...) say why they are no settings here
+        unknown = [".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+                   for e in err.errors() if e["type"] == "extra_forbidden"]
+        raise ConfigError(seed003.explain_refused_keys(format_validation_error(err, where), unknown)) from None
+    if seed_notes:
+        seed003.record_notes(source, seed_notes, seed003.config_fingerprint(config.model_dump(mode="json")))
+    return config
 
 
 PRESETS_DIR = Path(__file__).parent / "presets"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from crossattentiondet.cli.camoxpert import add_camoxpert_flags, camoxpert_overrides, generic_overrides
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "tiny 8-16, small 16-32, medium >= 32 by sqrt(area), up to 1500 detections per image) or "
                         "both; for a run: eval.size_bins")
     add_tile_flags(p)
-    p.add_argument("--classes", type=_positive_int, default=2,
+    p.add_argument("--classes", type=_positive_int, default=None,
                    help="with --pred: number of classes incl. background (2: binary COD metrics; more: mIoU)")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default=None,
                    help="split to evaluate (default: test; with --data: all frames)")
@@ -78,8 +79,8 @@ def add_tile_flags(parser: argparse.ArgumentParser) -> None:
                         help="sliced inference: run the model on PX x PX tiles of each frame and merge their "
                              "detections with class-wise NMS (eval.tile; default: whole frames)")
     parser.add_argument("--overlap", type=float, default=None, metavar="FRACTION",
-                        help="with --tile: how much neighbouring tiles overlap, 0 <= FRACTION < 1 "
-                             "(eval.tile_overlap; default 0.2)")
+                        help="how much neighbouring tiles overlap, 0 <= FRACTION < 1, for the tile in effect "
+                             "(--tile, or the run's eval.tile) (eval.tile_overlap; default 0.2)")
 
 
 def eval_flag_overrides(args: argparse.Namespace, explicit: list[str]) -> list[str]:
@@ -91,8 +92,11 @@ def eval_flag_overrides(args: argparse.Namespace, explicit: list[str]) -> list[s
         produced.append((f"--size-bins {size_bins}", "eval.size_bins", size_bins))
     tile, overlap = getattr(args, "tile", None), getattr(args, "overlap", None)
     if overlap is not None:
+        # without --tile it applies to the run's own eval.tile (its config or the overrides); the run's config
+        # is not loaded here, so the note is conditional
         if tile is None and not any(_key_value(text)[0] == "eval.tile" for text in explicit):
-            raise ConfigError(f"--overlap {overlap}: needs --tile PX (the overlap of tiles of PX x PX pixels)")
+            print(f"note: --overlap {overlap} applies to the run's eval.tile; it changes nothing when the run "
+                  "sets no tile (give --tile PX for tiled inference)", file=sys.stderr)
         if not 0 <= overlap < 1:
             raise ConfigError(f"--overlap {overlap}: must be at least 0 and below 1 (a fraction of the tile)")
         produced.append((f"--overlap {overlap}", "eval.tile_overlap", overlap))
@@ -372,6 +376,9 @@ def _eval_detection_files(args: argparse.Namespace) -> int:
                           "overrides with them")
     if args.tile is not None or args.overlap is not None:
         raise ConfigError("--tile/--overlap change how a model runs: saved detections (--pred) are scored as they are")
+    if args.classes is not None:
+        raise ConfigError(f"--classes {args.classes}: for saved segmentation maps (--pred MAPS_DIR); a detections "
+                          "file's classes are its ground truth's categories")
     out = None
     if args.out:
         from crossattentiondet.io import ensure_writable_dir
@@ -422,7 +429,7 @@ def _eval_maps(args: argparse.Namespace) -> int:
         raise ConfigError("--pred and --gt go together: cadet eval --pred MAPS_DIR --gt GT_DIR")
     if args.checkpoint or args.data or args.split or args.overrides:
         raise ConfigError("--pred/--gt score saved maps: give no checkpoint, --data, --split or overrides with them")
-    result = evaluate_map_folders(Path(args.pred), Path(args.gt), num_classes=args.classes)
+    result = evaluate_map_folders(Path(args.pred), Path(args.gt), num_classes=args.classes or 2)
     if args.json:
         print_json(result.to_dict())
         return 0

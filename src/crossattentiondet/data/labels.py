@@ -83,6 +83,7 @@ class LabelSet:
     problems: list[Problem] = field(default_factory=list)  # not tied to one frame
     duplicates: dict[str, list[str]] = field(default_factory=dict)  # label stem -> files claiming it
     categories: dict[int, str] = field(default_factory=dict)  # COCO only
+    supercategories: dict[int, str] = field(default_factory=dict)  # COCO only: category id -> its supercategory
     class_names: list[str] = field(default_factory=list)
     class_index: dict[int | str, int] = field(default_factory=dict)  # key -> 1-based label
     names_source: str = ""
@@ -213,6 +214,8 @@ def _load_coco(path: Path) -> LabelSet:
         if isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str):
             category_ids.setdefault(cat["id"], []).append(repr(cat["name"]))
             labels.categories.setdefault(cat["id"], cat["name"])  # the first entry of a repeated id counts
+            if isinstance(cat.get("supercategory"), str):
+                labels.supercategories.setdefault(cat["id"], cat["supercategory"])
         else:
             labels.problems.append(Problem("bad_label", str(path), f"category without integer id and name: {cat!r}"))
     repeated = {cid: names for cid, names in category_ids.items() if len(names) > 1}
@@ -285,6 +288,11 @@ def merge_coco_labels(parts: list[tuple[str, LabelSet]], root: Path) -> LabelSet
     categories in two files (``duplicate_id``, naming both files), a name given two ids within one file
     (``duplicate_class``), and annotations whose ``category_id`` is not in their file's ``categories``
     (``unnamed_class``, naming the file, the annotation id and the category id; the box is left out).
+
+    Roboflow exports list their supercategory as a category too (often id 0, ``{"id": 0, "name": "objects",
+    "supercategory": "none"}``) that no box uses while the real classes name it as their ``supercategory``.
+    Such a category (no annotation in any split, and another category's supercategory) is dropped, so the
+    classes are the real ones, 1..N; a note lists what was dropped.
     """
     merged = LabelSet("coco", root, {})
     owner: dict[int, tuple[str, Path]] = {}  # category id -> (name, the first file naming it)
@@ -305,6 +313,18 @@ def merge_coco_labels(parts: list[tuple[str, LabelSet]], root: Path) -> LabelSet
     canonical: dict[str, int] = {}  # name -> the id standing for it
     for cid, (name, _) in sorted(owner.items()):
         canonical.setdefault(name, cid)
+    used = {part.categories.get(key) for _, part in parts for frame in part.frames.values() for key in frame.keys
+            if isinstance(key, int)}
+    # the supercategories named by a category other than themselves
+    parents = {sup for _, part in parts for cid, sup in part.supercategories.items()
+               if part.categories.get(cid) != sup}
+    placeholders = sorted(name for name in canonical if name not in used and name in parents)
+    for name in placeholders:
+        del canonical[name]
+    if placeholders:
+        merged.notes.append(f"COCO categories {', '.join(repr(n) for n in placeholders)} in {root} have no "
+                            "annotations and are the supercategory of other categories (as Roboflow exports list "
+                            "them): left out of the classes")
     merged.categories = {cid: name for name, cid in canonical.items()}
     for prefix, part in parts:
         for label_stem, paths in part.duplicates.items():

@@ -734,6 +734,7 @@ class CocoSource(FolderSource):
             self.labels = LabelSet(format="coco", path=self.root, frames={}, class_names=list(self.data.names or []))
             return
         self.labels = merge_coco_labels(parts, self.root)
+        self.notes.extend(self.labels.notes)  # e.g. a Roboflow supercategory left out
         unnamed = resolve_classes(self.labels, self.data.names, [], ())
         for problem in self.labels.problems:
             self._add(problem)

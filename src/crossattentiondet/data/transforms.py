@@ -79,6 +79,14 @@ from crossattentiondet.config import AugmentConfig, ConfigError, ModalityConfig
 from crossattentiondet.data.sample import Sample
 from crossattentiondet.errors import DataError
 
+
+def _donor_error(message: str) -> DataError:
+    """The dataset's DonorReadError (a DataError) for a bad donor frame, so ``data.on_error=skip`` applies to
+    it as to any unreadable frame (imported here: the dataset module imports this one)."""
+    from crossattentiondet.data.dataset import DonorReadError
+
+    return DonorReadError(message)
+
 Transform = Callable[[Sample, np.random.Generator], Sample]
 # ``donors(rng, count)``: ``count`` other training frames (raw, all modalities), drawn with ``rng``. The
 # training dataset passes one to transforms whose ``uses_donors`` is true (``transform(sample, rng, donors)``).
@@ -344,7 +352,7 @@ class Augmenter:
                     continue  # no free place: this object is left out
                 for name, array in arrays.items():
                     if name not in donor.modalities:
-                        raise DataError(f"{donor.stem}: donor frame lacks modality {name!r}")
+                        raise _donor_error(f"{donor.stem}: donor frame lacks modality {name!r}")
                     crop = donor.modalities[name][y0:y1, x0:x1]
                     array[py:py + patch_h, px:px + patch_w] = self.conform(name, crop, array)
                 box = donor_boxes[j] + np.array([px - x0, py - y0, px - x0, py - y0], np.float32)
@@ -548,7 +556,7 @@ def mosaic(sample: Sample, donors: list[Sample], rng: np.random.Generator, min_v
         sy0 = fh - qh if qy0 == 0 else 0
         for name, target in out.items():
             if name not in arrays:
-                raise DataError(f"{frame.stem}: mosaic frame lacks modality {name!r}")
+                raise _donor_error(f"{frame.stem}: mosaic frame lacks modality {name!r}")
             target[qy0:qy1, qx0:qx1] = conform(name, arrays[name][sy0:sy0 + qh, sx0:sx0 + qw], target)
         shifted = boxes + np.array([qx0 - sx0, qy0 - sy0, qx0 - sx0, qy0 - sy0], np.float32)
         clipped = shifted.copy()

@@ -34,6 +34,7 @@ from crossattentiondet.engine.runtime import (
     precision_notes,
     resolve_device,
     synchronize,
+    use_channels_last,
 )
 
 # The original study (reference/ORIGINAL.md): 9,750 labelled frames, 80 % of them trained on, 48 runs.
@@ -116,7 +117,7 @@ def _prepare(config: ExperimentConfig, num_classes: int, device: torch.device) -
 
     model = build_detector(config, num_classes, load_pretrained=False).to(device)
     if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = use_channels_last(model)  # weights and inputs, as the trainer does
     if config.train.compile:
         compile_backbone(model, config.train.compile_backend)  # exactly as the trainer does
     return model
@@ -184,7 +185,7 @@ def bench(config: ExperimentConfig, size: tuple[int, int] = (640, 480), batch: i
     device = resolve_device(config.train.device)
     precision = config.train.precision
     check_precision(precision, device)
-    configure_backends(config.train.tf32, deterministic=False)
+    configure_backends(config.train.tf32, deterministic=False, cudnn_benchmark=config.train.cudnn_benchmark)
     classes = num_classes or config.model.num_classes or 1
     torch.manual_seed(seed)
     if device.type == "cuda":

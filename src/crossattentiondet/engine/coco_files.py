@@ -10,7 +10,9 @@ Files:
 - ground truth: a COCO instances dict with ``images`` (at least one, unique ``id``), ``annotations``
   (``image_id``, ``category_id``, ``bbox`` [x, y, w, h]; ``area`` as given, else ``w * h``; ``iscrowd``
   as given, else 0) and ``categories`` (unique ``id``, ``name``). An annotation's ``area`` decides its size
-  bin, as in pycocotools and the AI-TOD toolkit.
+  bin, as in pycocotools and the AI-TOD toolkit (so the numbers match published ones). This project's runs
+  use box areas (``w * h``); where a file's ``area`` differs from ``w * h`` by more than 1 % (a mask area, say),
+  the result's ``notes`` say how many annotations do, since their size bins may then differ from a run's.
 - detections: a COCO results list of ``{image_id, category_id, bbox [x, y, w, h], score}``, or a dict whose
   ``annotations`` are that list. Their area is ``w * h`` (as pycocotools' ``loadRes`` computes it).
 
@@ -184,6 +186,20 @@ def load_detections_file(path: str | Path, ground_truth: Mapping[str, Any],
     return detections
 
 
+AREA_TOLERANCE = 0.01  # relative difference of a file's area from w * h that is noted
+
+
+def area_mismatches(annotations: Sequence[Mapping[str, Any]], tolerance: float = AREA_TOLERANCE) -> int:
+    """How many ``annotations`` (normalised, with ``bbox`` and ``area``) have an ``area`` that differs from the
+    box's ``w * h`` by more than ``tolerance`` (relative to ``w * h``)."""
+    count = 0
+    for ann in annotations:
+        box_area = ann["bbox"][2] * ann["bbox"][3]
+        if abs(ann["area"] - box_area) > tolerance * box_area:
+            count += 1
+    return count
+
+
 def evaluate_detection_files(pred: str | Path, gt: str | Path, size_bins: str = "coco") -> dict[str, Any]:
     """Score a COCO results file ``pred`` against the COCO ground truth ``gt``, as runs are scored.
 
@@ -223,6 +239,11 @@ def evaluate_detection_files(pred: str | Path, gt: str | Path, size_bins: str = 
         per_image[det["image_id"]] = per_image.get(det["image_id"], 0) + 1
     most = max(per_image.values(), default=0)
     notes = []
+    mismatched = area_mismatches(ground_truth["annotations"])
+    if mismatched:
+        notes.append(f"{mismatched} of {len(ground_truth['annotations'])} annotation(s) in {gt} have an 'area' that "
+                     f"differs from the box's w*h by more than {AREA_TOLERANCE:.0%}: size bins use the file's area "
+                     "there (as pycocotools and the AI-TOD toolkit do), while this project's runs use box areas")
     if size_bins != "coco" and most <= 100:
         notes.append(f"no image has more than {most} detections in {pred}: the numbers at AI-TOD's "
                      f"{AITOD_MAX_DETS} detections per image equal those at COCO's 100")

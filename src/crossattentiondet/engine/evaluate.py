@@ -14,9 +14,12 @@ Size bins (``size_bins``, the config's ``eval.size_bins``):
 
 - ``coco`` (default): the 12 COCO numbers of :data:`METRIC_KEYS`; small < 32^2 px area, medium up to 96^2,
   large above (COCO's ranges, both ends inclusive as in COCO), 100 detections per image and class.
-- ``aitod``: AI-TOD's tiny-object bins by sqrt(area): very tiny [0, 8) px, tiny [8, 16), small [16, 32),
-  medium [32, inf) (areas [0, 64), [64, 256), [256, 1024), [1024, inf): a box exactly on an edge, sqrt(area)
-  = 8, 16 or 32, is in the upper bin only), at AI-TOD's 1500 detections per image and class. Keys
+- ``aitod``: AI-TOD's tiny-object bins by sqrt(area): very tiny 0-8 px, tiny 8-16, small 16-32, medium 32
+  and up, as the official toolkit (cocoapi-aitod, mmdet's AITODCocoMetric) has them: areas [0, 8^2],
+  [8^2, 16^2], [16^2, 32^2], [32^2, 1e5^2], both ends inclusive as COCOeval treats every range, so a box
+  exactly on an edge (sqrt(area) = 8, 16 or 32) counts in both neighbouring bins, as in published AI-TOD
+  numbers (and as COCO's own small / medium / large at 32^2 and 96^2), at AI-TOD's 1500 detections per
+  image and class. Keys
   (:data:`AITOD_METRIC_KEYS`): ``mAP_verytiny``, ``mAP_tiny``, ``mAP_small_aitod``, ``mAP_medium_aitod`` and
   the ``mAR_*`` of the same bins (AR at 1500); AI-TOD's small and medium carry ``_aitod`` so they never
   collide with COCO's ``mAP_small`` / ``mAP_medium``. The overall numbers at 1500 detections are
@@ -78,21 +81,16 @@ AITOD_METRIC_KEYS: list[str] = [
 """AI-TOD's numbers (all at :data:`AITOD_MAX_DETS` detections per image and class)."""
 
 
-def _below(edge: float) -> float:
-    # COCOeval keeps an area a when lo <= a <= hi (both ends inclusive); the largest float below the edge
-    # makes the bin [lo, edge), so a box exactly on an edge is counted in the upper bin only
-    return float(np.nextafter(edge, 0.0))
-
-
 COCO_AREA_RANGES: dict[str, tuple[float, float]] = {
     "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2), "large": (96.0 ** 2, 1e5 ** 2),
 }
 """COCO's area ranges (px^2), as COCOeval has them."""
 AITOD_AREA_RANGES: dict[str, tuple[float, float]] = {
-    "verytiny": (0.0, _below(8.0 ** 2)), "tiny": (8.0 ** 2, _below(16.0 ** 2)),
-    "small_aitod": (16.0 ** 2, _below(32.0 ** 2)), "medium_aitod": (32.0 ** 2, 1e5 ** 2),
+    "verytiny": (0.0, 8.0 ** 2), "tiny": (8.0 ** 2, 16.0 ** 2),
+    "small_aitod": (16.0 ** 2, 32.0 ** 2), "medium_aitod": (32.0 ** 2, 1e5 ** 2),
 }
-"""AI-TOD's area ranges (px^2) by label; upper ends exclusive (see :func:`_below`)."""
+"""AI-TOD's area ranges (px^2) by label, the official toolkit's: COCOeval keeps an area a when
+lo <= a <= hi, so a box exactly on an edge is in both neighbouring bins (as published AI-TOD numbers count it)."""
 
 # metric name -> (precision (AP) or recall (AR), IoU threshold (None: 0.50:0.95), area label, detections)
 _METRIC_SPECS: dict[str, tuple[bool, float | None, str, int]] = {
@@ -737,8 +735,14 @@ def autocast_context(device: torch.device, precision: str) -> Any:
 
 def detection_cap(model: nn.Module) -> int | None:
     """The most detections per image ``model`` returns, where it says (torchvision's
-    ``roi_heads.detections_per_img``, or any submodule's ``detections_per_img``); None when nothing says."""
+    ``roi_heads.detections_per_img``, or any submodule's ``detections_per_img``); None when nothing says.
+    A tiled model without an explicit cap keeps up to its model's cap per window, so its frame cap depends
+    on the frame size: None (unknown) too."""
+    from crossattentiondet.engine.tiling import TiledDetector
+
     for module in model.modules():
+        if isinstance(module, TiledDetector):
+            return module.detections_per_img
         cap = getattr(module, "detections_per_img", None)
         if isinstance(cap, int) and not isinstance(cap, bool):
             return cap

@@ -134,6 +134,9 @@ def export_model(run_or_checkpoint: str | Path, format: str, *, out: str | Path 
 
     detection_only(config.task, "cadet export")
     checkpoint_path = Path(checkpoint["path"])
+    if config.model.detector.type != "faster_rcnn":
+        raise ConfigError(f"{checkpoint_path}: cadet export supports model.detector.type=faster_rcnn only; this "
+                          f"run's {config.model.detector.type} head cannot be exported yet (use cadet predict)")
     run_dir = run_dir_of(checkpoint_path)
     target = ensure_writable_file(Path(out) if out is not None else run_dir / "export" / f"model{SUFFIX[format]}",
                                   "--out")  # before the trace, the long part

@@ -21,7 +21,9 @@ def count_params(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 def parameter_breakdown(model: nn.Module, stream_names: list[list[str]] | None = None) -> dict[str, int]:
-    """Parameters of each encoder stream, the fusion module of each stage, FPN, RPN and RoI heads."""
+    """Parameters of each encoder stream, the fusion module of each stage, then of every other top-level part
+    of the detector: FPN, RPN and RoI heads (Faster R-CNN), or input projection, transformer encoder and
+    decoder, heads, proposals, denoising (DETR head)."""
     encoder = model.backbone.encoder
     out: dict[str, int] = {}
     for i, stream in enumerate(encoder.streams):
@@ -31,9 +33,13 @@ def parameter_breakdown(model: nn.Module, stream_names: list[list[str]] | None =
     for i, fusion in enumerate(getattr(encoder, "fusions", [])):
         name = plan.modules[i] if plan is not None else type(fusion).__name__
         out[f"fusion_s{i + 1}_{name}"] = count_params(fusion)
-    out["fpn"] = count_params(model.backbone.fpn)
-    out["rpn"] = count_params(model.rpn)
-    out["roi_heads"] = count_params(model.roi_heads)
+    if hasattr(model.backbone, "fpn"):
+        out["fpn"] = count_params(model.backbone.fpn)
+    for name, child in model.named_children():  # whatever the head is made of, by its attribute names
+        if name != "backbone" and count_params(child):
+            out[name] = count_params(child)
+    for name, param in model.named_parameters(recurse=False):  # e.g. the DETR head's level embeddings
+        out[name] = param.numel()
     return out
 
 
@@ -59,8 +65,9 @@ def count_forward_flops(run: Callable[[], object]) -> dict[str, int]:
 def count_flops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> dict[str, float]:
     """GFLOPs (2 per multiply-add) and GMACs (multiply-adds) of one inference at ``size`` = (width, height).
 
-    ``backbone`` is encoder + FPN; ``detector`` the whole eval-mode forward (RPN proposals and box head
-    included, which depend on the proposal count). Counted with ``torch.utils.flop_counter``; see
+    ``backbone`` is the model's ``backbone`` (encoder + FPN for the Faster R-CNN, the encoder for the DETR
+    head); ``detector`` the whole eval-mode forward (RPN proposals and box head included, which depend on the
+    proposal count; the DETR head's transformer and queries). Counted with ``torch.utils.flop_counter``; see
     :data:`FLOPS_CONVENTION`.
     """
     width, height = size

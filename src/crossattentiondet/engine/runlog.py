@@ -5,7 +5,8 @@ Only the main process writes; on other ranks every method is a no-op. metrics.cs
 after each epoch (one row per epoch), so a resumed run continues the same file without duplicated rows.
 At the end of a run TensorBoard gets the test metrics, the hyper-parameters (HParams dashboard) and one PR
 curve per class; MLflow gets the final metrics and the run's files (config.yaml, final_results.json,
-metrics.csv, plots/). A resumed run continues its MLflow run (its id is kept in ``mlflow_run.json``).
+metrics.csv, plots/; checkpoints/best.pt only with ``output.mlflow.log_models``). A resumed run
+continues its MLflow run (its id is kept in ``mlflow_run.json``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class TrainingClock:
 
 def iteration_line(epoch: int, epochs: int, iteration: int, iterations: int, loss: float, lr: float,
                    images_per_s: float, epoch_left: float, run_left: float) -> str:
-    """The line a batch job logs every ``train.log_every`` updates (``epoch``, ``iteration`` 1-based)."""
+    """The line a batch job logs every ``train.print_every`` updates (``epoch``, ``iteration`` 1-based)."""
     return (f"epoch {epoch}/{epochs} iter {iteration}/{iterations}: loss {loss:.4f}, lr {lr:.3g}, "
             f"{images_per_s:.1f} img/s, epoch ETA {format_duration(epoch_left)}, "
             f"run ETA {format_duration(run_left)}")
@@ -285,6 +286,8 @@ class RunLog:
         self.iteration_csv = iteration_csv
         self._tb = None
         self._mlflow = None
+        # output.mlflow.log_models: checkpoints/best.pt goes to MLflow too (hundreds of MB for a large model)
+        self.log_models = bool(getattr(mlflow, "log_models", False))
         self._finished = False
         self._epoch_rows: list[dict[str, Any]] = []
         if not enabled:
@@ -374,11 +377,16 @@ class RunLog:
             return
         path = self.run_dir / "metrics_per_batch.csv"
         new = not path.exists()
+        if new:  # the head's own loss keys (DETR: loss_class, loss_giou, ...) after the common columns
+            columns = BATCH_COLUMNS + sorted(k for k in row if k not in BATCH_COLUMNS)
+        else:  # a resumed run appends under the header it wrote (its loss keys do not change)
+            with path.open(newline="", encoding="utf-8") as f:
+                columns = next(csv.reader(f), None) or BATCH_COLUMNS
         with path.open("a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=BATCH_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({c: _fmt(row.get(c)) for c in BATCH_COLUMNS})
+            writer.writerow({c: _fmt(row.get(c)) for c in columns})
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._tb is None:
@@ -431,9 +439,9 @@ class RunLog:
             self._tb.flush()
         if self._mlflow is not None:
             self._to_mlflow("log_metrics", {f"test_{k}": v for k, v in finite.items()})
-            for path in artifacts:
+            for path, under in mlflow_artifacts(self.run_dir, artifacts, self.log_models):
                 if path.is_file():
-                    self._to_mlflow("log_artifact", str(path))
+                    self._to_mlflow("log_artifact", str(path), artifact_path=under)
                 elif path.is_dir() and any(path.iterdir()):
                     self._to_mlflow("log_artifacts", str(path), artifact_path=path.name)
 
@@ -469,6 +477,31 @@ class RunLog:
 
 
 # ---------------------------------------------------------------------------------------------- MLflow
+MODEL_ARTIFACT = Path("checkpoints") / "best.pt"
+"""The run's model file, uploaded to MLflow (under ``checkpoints/``) only with ``output.mlflow.log_models``."""
+
+
+def _is_model_file(path: Path, run_dir: Path) -> bool:
+    if path.suffix in (".pt", ".pth", ".safetensors"):
+        return True
+    try:
+        return path.resolve().is_relative_to((run_dir / "checkpoints").resolve())
+    except OSError:
+        return False
+
+
+def mlflow_artifacts(run_dir: Path, artifacts: Sequence[Path], log_models: bool) -> list[tuple[Path, str | None]]:
+    """What a finished run uploads to MLflow: ``(path, artifact folder)`` for each of ``artifacts`` (files, or
+    folders logged under their name) that is not a model file, plus ``checkpoints/best.pt`` when
+    ``log_models``. Model files are large and already in the run directory: without ``log_models`` none goes
+    (like the seed project's fast configuration, ``mlflow_log_models: false``), whatever the caller lists."""
+    run_dir = Path(run_dir)
+    out: list[tuple[Path, str | None]] = [(Path(p), None) for p in artifacts if not _is_model_file(Path(p), run_dir)]
+    if log_models:
+        out.append((run_dir / MODEL_ARTIFACT, MODEL_ARTIFACT.parent.as_posix()))
+    return out
+
+
 MLFLOW_RUN_FILE = "mlflow_run.json"
 """In the run directory: the MLflow store and run id of the run, so that a resumed run continues it."""
 RUN_NAME_TAG = "mlflow.runName"  # MLflow's own tag for the run name; in output.mlflow.tags it names the run

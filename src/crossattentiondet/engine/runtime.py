@@ -96,20 +96,62 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def configure_backends(tf32: bool, deterministic: bool) -> None:
+def configure_backends(tf32: bool, deterministic: bool, cudnn_benchmark: bool = False) -> list[str]:
+    """Set the process-wide math backends for a run; returns notes for the run log.
+
+    ``tf32``: TF32 matmuls and convolutions on Ampere+ GPUs. ``cudnn_benchmark``: cuDNN times the candidate
+    convolution algorithms for each new input shape and keeps the fastest (``train.cudnn_benchmark``; cuDNN
+    itself always stays enabled). ``deterministic`` wins over it: benchmarking picks algorithms by timing,
+    which differs from run to run.
+    """
+    notes: list[str] = []
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    # set either way: the flag is process-wide, and a previous run in this process may have turned it on
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
     if deterministic:
-        torch.backends.cudnn.benchmark = False
+        if cudnn_benchmark:
+            notes.append("train.cudnn_benchmark=true is ignored: train.deterministic=true needs cuDNN's "
+                         "deterministic algorithms (benchmark off)")
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return notes
+
+
+def _to_channels_last(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.ndim == 4
+                 else a for a in args)
+
+
+def channels_last_inputs_hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: batched 4-D image tensors reach the module in channels_last memory format."""
+    return _to_channels_last(args)
+
+
+def use_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """``train.channels_last``: the weights *and* the inputs in channels_last memory format.
+
+    Converting only the weights (the seed-003 project's bug) leaves the first convolution an NCHW input:
+    cuDNN then converts at every layer boundary or falls back to NCHW kernels. The detector batches its
+    images inside the model (after its transform), so the hook sits on the module that receives the batch,
+    ``model.backbone`` (``model.encoder`` where there is no backbone; else the model itself). Hooks live on
+    the module, not in its state dict: an EMA copy (deepcopy) keeps them, a checkpoint does not need them.
+    """
+    model = model.to(memory_format=torch.channels_last)
+    target = next((m for m in (getattr(model, "backbone", None), getattr(model, "encoder", None))
+                   if isinstance(m, torch.nn.Module)), model)
+    if not getattr(target, "_channels_last_inputs", False):
+        target.register_forward_pre_hook(channels_last_inputs_hook)
+        target._channels_last_inputs = True  # type: ignore[assignment]  # once, whoever calls this again
+    return model
 
 
 def compile_backbone(model: torch.nn.Module, backend: str) -> None:
     """``torch.compile`` the detector's backbone forward in place (``train.compile``).
 
-    Only the backbone: it sees a few image sizes, while the RPN/RoI heads have data-dependent shapes that
-    would keep recompiling, so they stay eager. Used by training and by ``cadet bench`` alike.
+    Only the backbone (the encoder, + FPN for the Faster R-CNN): it sees a few image sizes, while the RPN/RoI
+    heads have data-dependent shapes that would keep recompiling (as would the DETR head's per-batch
+    denoising queries), so they stay eager. Used by training and by ``cadet bench`` alike.
     """
     model.backbone.forward = torch.compile(model.backbone.forward, backend=backend, dynamic=True)
 

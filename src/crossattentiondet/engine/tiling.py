@@ -77,7 +77,12 @@ class TiledDetector(nn.Module):
        may remain separate, so choose an overlap above the largest object's size.
     2. Class-wise NMS (``torchvision.ops.batched_nms`` at ``nms_iou``) over all windows: duplicates from
        overlapping windows go, overlapping boxes of different classes both stay.
-    3. The highest ``detections_per_img`` (default: the wrapped model's) are kept.
+    3. The highest-scoring boxes are kept, at most ``detections_per_img`` when it is given; by default the
+       wrapped model's per-image cap times the number of windows of that frame (each window was already
+       capped by the model, so a frame of 8 windows keeps up to 8 x 100 boxes, not 100: a crowd of tiny
+       objects spread over the frame is not cut to one window's worth). No cap when the model has none.
+       :attr:`detections_per_img` is the explicit cap (None by default) and
+       :attr:`window_detections_per_img` the model's per-window one.
 
     The wrapper reads as the model for the rest of the code: ``layout``, ``num_classes``,
     ``set_zero_modalities``, ``zero_modalities``, parameters / device and any other attribute
@@ -103,7 +108,10 @@ class TiledDetector(nn.Module):
         self.overlap = overlap
         self.nms_iou = nms_iou
         self.windows_per_batch = windows_per_batch
-        self.detections_per_img = detections_per_img if detections_per_img is not None else _detections_cap(model)
+        if detections_per_img is not None and detections_per_img < 1:
+            raise ConfigError(f"detections_per_img={detections_per_img!r}: must be at least 1")
+        self.detections_per_img = detections_per_img  # explicit merged cap; None: per window x windows
+        self.window_detections_per_img = _detections_cap(model)
         self.border_px = border_px
         self.cut_containment = cut_containment
         self.training = False
@@ -135,7 +143,17 @@ class TiledDetector(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"tile={self.tile}, overlap={self.overlap}, nms_iou={self.nms_iou}, cap={self.detections_per_img}"
+        cap = self.detections_per_img if self.detections_per_img is not None else (
+            f"{self.window_detections_per_img} per window" if self.window_detections_per_img is not None else None)
+        return f"tile={self.tile}, overlap={self.overlap}, nms_iou={self.nms_iou}, cap={cap}"
+
+    def frame_cap(self, num_windows: int) -> int | None:
+        """The most detections kept for a frame of ``num_windows`` windows (see the class docstring, step 3)."""
+        if self.detections_per_img is not None:
+            return self.detections_per_img
+        if self.window_detections_per_img is None:
+            return None
+        return self.window_detections_per_img * num_windows
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: list[Tensor] | Tensor, targets: Any = None) -> list[dict[str, Tensor]]:
@@ -176,8 +194,9 @@ class TiledDetector(nn.Module):
         keep = ~self._replaced_pieces(b, lab, win, is_cut)
         b, s, lab = b[keep], s[keep], lab[keep]
         order = batched_nms(b, s, lab, self.nms_iou)
-        if self.detections_per_img is not None:
-            order = order[: self.detections_per_img]
+        cap = self.frame_cap(len(windows))
+        if cap is not None:
+            order = order[:cap]
         return {"boxes": b[order], "scores": s[order], "labels": lab[order]}
 
     def _replaced_pieces(self, boxes: Tensor, labels: Tensor, window: Tensor, cut: Tensor) -> Tensor:

@@ -60,13 +60,15 @@ from crossattentiondet.engine.runtime import (
     rng_state,
     seed_everything,
     set_rng_state,
+    use_channels_last,
 )
 from crossattentiondet.errors import RunLockedError, TrainingError
 from crossattentiondet.io import remove_stale_temp_files
+from crossattentiondet.seed003 import notes_for as seed_notes_for
 
 # keys that may change when a run is resumed (they do not change what is being trained)
-RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.find_unused_parameters", "train.log_every", "train.iteration_csv", "data.loader.",
-                     "output.", "eval.")
+RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.find_unused_parameters", "train.log_every", "train.print_every",
+                     "train.iteration_csv", "train.cudnn_benchmark", "data.loader.", "output.", "eval.")
 # ...except these: the best score so far was measured with the run's own selection metric
 FIXED_ON_RESUME = ("eval.select",)
 
@@ -125,7 +127,10 @@ def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False,
     info = init_distributed(user_config.train.device)
     device = resolve_device(user_config.train.device, info)
     check_precision(user_config.train.precision, device)
-    configure_backends(user_config.train.tf32, user_config.train.deterministic)
+    backend_notes = configure_backends(user_config.train.tf32, user_config.train.deterministic,
+                                       user_config.train.cudnn_benchmark)
+    if user_config.train.cudnn_benchmark and device.type != "cuda":
+        backend_notes.append(f"train.cudnn_benchmark=true has no effect on {device.type} (cuDNN is CUDA's)")
     # before anything is written: a second process on this run directory stops here, naming the holder
     lock = _lock_run(run_dir, info, device)
     try:
@@ -144,6 +149,11 @@ def train(config: ExperimentConfig | None, *, resume: bool | str | Path = False,
                      iteration_csv=user_config.train.iteration_csv, mlflow=user_config.output.mlflow, echo=echo)
         if (note := takeover_message(lock)) is not None:
             log.info(f"warning: {note}")
+        for note in backend_notes:
+            log.info(f"note: {note}")
+        # a seed-003 file's translation notes were shown when it was loaded; the run's log keeps them too
+        for note in seed_notes_for(config_to_dict(user_config)):
+            log.info(f"note: {note}", echo=False)
         cleanup: list[Callable[[], None]] = []
         try:
             return _run(user_config, checkpoint, run_dir, info, device, log, stop_after_epoch, cleanup)
@@ -196,7 +206,7 @@ def _run(user_config: ExperimentConfig, checkpoint: dict[str, Any] | None, run_d
         for line in load_init_weights(model, init).lines(init):
             log.info(line)
     if cfg_train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = use_channels_last(model)  # the weights and the batched inputs (not the weights only)
     if cfg_train.compile:
         compile_backbone(model, cfg_train.compile_backend)
     # one optimizer for the whole run, every parameter registered (frozen ones too): its state carries on
@@ -377,8 +387,10 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
     group_stems: list[str] = []
     start = time.perf_counter()
     progress = _Progress(log.enabled, f"epoch {epoch + 1}/{cfg.epochs}", micro_batches)
-    # batch jobs (no bar, or stdout not a terminal) get a text line every log_every updates; training.log always
+    # batch jobs (no bar, or stdout not a terminal) get a text line every print_every updates (training.log
+    # always); TensorBoard and metrics_per_batch.csv every log_every updates
     echo_lines = progress.progress is None or not stdout_is_terminal()
+    print_every = cfg.print_every or cfg.log_every
     optimizer.zero_grad(set_to_none=True)
     with progress:
         for i, (images, targets, metas) in enumerate(loader):
@@ -468,6 +480,7 @@ def _train_one_epoch(ddp_model: nn.Module, model: nn.Module, ema: ModelEMA | Non
             if state.global_step % cfg.log_every == 0 and counted:
                 log.batch({"epoch": epoch + 1, "iteration": i + 1, "global_step": state.global_step, **current,
                            "lr": lr, "img_per_s": images_seen / max(elapsed, 1e-9)})
+            if state.global_step % print_every == 0 and counted:
                 epoch_left, run_left = clock.left(epoch, i + 1) if clock is not None else (math.nan, math.nan)
                 log.info(iteration_line(epoch + 1, cfg.epochs, i + 1, micro_batches, current["loss"], lr,
                                         images_seen / max(elapsed, 1e-9), epoch_left, run_left), echo=echo_lines)

@@ -1,4 +1,5 @@
-"""The detector: multi-modal encoder + FPN (with a max-pool level) + torchvision Faster R-CNN.
+"""The detector: multi-modal encoder + FPN (with a max-pool level) + torchvision Faster R-CNN, or the
+DETR-family head of models/detr/ (``model.detector.type``; :func:`build_detector` picks).
 
 Input images are the raw sample tensors (C_total, H, W), uint8 / uint16 / float, with the channels of all
 ``data.modalities`` in order. The model owns normalisation (per modality, on a 0-1 scale: x / scale, then
@@ -210,8 +211,9 @@ def build_encoder(config: ExperimentConfig, layout: InputLayout, load_pretrained
 
 
 def build_detector(config: ExperimentConfig, num_classes: int | None = None,
-                   load_pretrained: bool = True) -> MultiModalFasterRCNN:
-    """Build the detector described by ``config``.
+                   load_pretrained: bool = True) -> nn.Module:
+    """Build the detector described by ``config``: ``model.detector.type`` faster_rcnn
+    (:class:`MultiModalFasterRCNN`) or detr (:class:`~crossattentiondet.models.detr.MultiModalDETR`).
 
     ``num_classes`` counts foreground classes; it defaults to ``model.num_classes``, else 1.
     ``model.pretrained`` weights are loaded into the encoder (every stream) unless ``load_pretrained`` is
@@ -220,6 +222,10 @@ def build_detector(config: ExperimentConfig, num_classes: int | None = None,
     classes = num_classes or config.model.num_classes or 1
     layout = InputLayout.from_config(config)
     det = config.model.detector
+    if det.type == "detr":
+        from crossattentiondet.models.detr import build_detr
+
+        return build_detr(config, classes, build_encoder(config, layout, load_pretrained), layout)
     backbone = MultiModalBackbone(build_encoder(config, layout, load_pretrained), layout.stream_channels,
                                   det.fpn_channels)
     anchors = AnchorGenerator(tuple(tuple(s) for s in det.anchor_sizes),

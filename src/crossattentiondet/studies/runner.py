@@ -50,8 +50,8 @@ from crossattentiondet.studies.state import (
 STUDY_RECORD = "study.json"
 STUDY_LOG = "study.log"
 # config keys that may differ between the run on disk and the plan (paths, devices, loaders, logging)
-COMPARE_IGNORED = (*IDENTITY_KEYS, "train.device", "data.loader.", "train.log_every", "output.tensorboard",
-                   "output.mlflow.")
+COMPARE_IGNORED = (*IDENTITY_KEYS, "train.device", "data.loader.", "train.log_every", "train.print_every",
+                   "output.tensorboard", "output.mlflow.")
 # a training process ended by these signals was interrupted (Ctrl-C, cluster preemption), not broken
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 INTERRUPT_CODES = {-int(s) for s in INTERRUPT_SIGNALS} | {128 + int(s) for s in INTERRUPT_SIGNALS}

@@ -1,4 +1,4 @@
-"""Detection: Faster R-CNN boxes, COCO metrics, best.pt by validation mAP."""
+"""Detection: Faster R-CNN or DETR-family boxes, COCO metrics, best.pt by validation mAP."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from crossattentiondet.config import ExperimentConfig
 from crossattentiondet.tasks.base import Selection, Task
 
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")  # Faster R-CNN's
 
 
 class DetectionTask(Task):
@@ -30,7 +30,19 @@ class DetectionTask(Task):
         return build_detector(config, num_classes, load_pretrained=load_pretrained)
 
     def loss_keys(self, config: ExperimentConfig) -> tuple[str, ...]:
+        det = config.model.detector
+        if det.type == "detr":
+            from crossattentiondet.models.detr.losses import detr_loss_keys
+
+            return detr_loss_keys(det.detr.aux_loss, det.detr.denoising.enabled)
         return LOSS_KEYS
+
+    def selectable_for(self, config: ExperimentConfig, data: Any) -> tuple[str, ...]:
+        """The validation metrics of ``eval.size_bins`` (AI-TOD's bins only when they are computed)."""
+        from crossattentiondet.engine.evaluate import metric_keys
+
+        return tuple(k for k in metric_keys(config.eval.size_bins) if k.startswith(("mAP", "mAR_100", "mAR_aitod"))
+                     or k in ("mAR_verytiny", "mAR_tiny"))
 
     def default_metric(self, config: ExperimentConfig, data: Any) -> str:
         return "mAP"
@@ -40,7 +52,7 @@ class DetectionTask(Task):
         from crossattentiondet.engine.evaluate import evaluate
 
         return evaluate(model, loader, device, precision=config.train.precision, class_names=data.class_names,
-                        gather=gather, on_batch=on_batch).metrics
+                        gather=gather, on_batch=on_batch, size_bins=config.eval.size_bins).metrics
 
     def val_note(self, metrics: dict[str, float], selection: Selection) -> str:
         note = f"val mAP {metrics['mAP']:.4f} mAP50 {metrics['mAP_50']:.4f}"
@@ -70,5 +82,6 @@ class DetectionTask(Task):
                                 batch_size=batch_size, echo=echo)
 
     def describe(self, config: ExperimentConfig, data: Any) -> str:
-        return (f"{config.model.backbone} {len(config.model.streams)}-stream detector, {data.num_classes} class(es) "
+        head = "DETR" if config.model.detector.type == "detr" else "Faster R-CNN"
+        return (f"{config.model.backbone} {len(config.model.streams)}-stream {head} detector, {data.num_classes} class(es) "
                 f"{data.class_names}")
