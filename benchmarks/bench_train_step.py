@@ -62,7 +62,8 @@ def main() -> None:
             steps += r["train_step_times_s"]
             print(f"  {precision} repeat {i + 1}: median step {r['train_step_s']:.2f} s "
                   f"(steps {', '.join(f'{t:.2f}' for t in r['train_step_times_s'])}; process CPU {r['train_step_cpu_s']:.2f} s; "
-                  f"threads {r['threads']}; torch {r['torch']}; load {os.getloadavg()[0]:.2f})")
+                  f"threads {r['threads']}; torch {r['torch']}; peak RSS {r['peak_mem_mb']:.0f} MB; "
+                  f"load {os.getloadavg()[0]:.2f})")
             for note in r.get("notes", []):
                 print(f"  note: {note}")
         median = statistics.median(medians)

@@ -287,6 +287,30 @@ def test_one_stage_without_refinement_or_aux_loss_and_resize_back() -> None:
         model.train()(images, [{"boxes": torch.tensor([[1.0, 1, 5, 5]]), "labels": torch.tensor([3])}] * 2)
 
 
+def test_two_stage_proposals_are_trained_without_aux_loss() -> None:
+    """The proposals pick the decoder's queries: they get their loss (loss_enc) even with aux_loss off."""
+    model = detr("model.detector.detr.aux_loss=false")
+    config = load_config(None, [*TINY_DETR, "model.detector.detr.aux_loss=false"])
+    assert get_task("detect").loss_keys(config) == ("loss_class", "loss_bbox", "loss_giou", "loss_enc")
+    images, targets = batch(model.layout.total_channels, with_empty=False)
+    model.train()
+    losses = model(images, targets)
+    assert tuple(losses) == ("loss_class", "loss_bbox", "loss_giou", "loss_enc") and float(losses["loss_enc"]) > 0
+    sum(losses.values()).backward()
+    grads = {n: float(p.grad.abs().sum()) for n, p in model.named_parameters() if n.startswith("proposals.")}
+    # the box MLP's output layer starts at zero, so its hidden layers get no gradient in the very first step
+    hidden = [n for n in grads if n.startswith("proposals.box_head.layers.") and not n.startswith(
+        f"proposals.box_head.layers.{len(model.proposals.box_head.layers) - 1}.")]
+    assert grads and all(g > 0 for n, g in grads.items() if n not in hidden), grads
+
+
+def test_proposal_sizes_follow_the_level_strides() -> None:
+    """Deformable DETR's 0.05 x 2^l proposal size is tied to the stride (0.05 at stride 8): stage 1 (stride 4)
+    proposes 0.025 of the image, the extra level after stage 4 (stride 64) 0.4."""
+    assert detr().level_strides == [4, 8, 16, 32, 64]
+    assert detr("model.detector.detr.levels=[2,3]", "model.detector.detr.extra_levels=2").level_strides == [8, 16, 32, 64]
+
+
 def test_score_threshold_and_zeroed_modalities() -> None:
     model = detr("model.detector.score_thresh=0.5").eval()
     images, _ = batch(model.layout.total_channels)
@@ -382,7 +406,7 @@ def test_tiny_detr_overfits_a_few_frames(one_thread: None) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     model.train()
     history = []
-    for _ in range(70):
+    for _ in range(100):
         losses = model(images, targets)
         loss = sum(losses.values())
         optimizer.zero_grad()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
 from pathlib import PurePath
 from typing import Any
@@ -74,7 +75,8 @@ REFUSED_KNOBS: dict[str, str] = {
 
 # the seed's names of its selection metric -> ours (normalised: lower case, no val_ prefix, no @ . _ : -)
 _METRICS = {
-    "map": "mAP", "map5095": "mAP", "map05": "mAP_50", "map50": "mAP_50", "ap50": "mAP_50", "map075": "mAP_75",
+    "map": "mAP", "map5095": "mAP", "map05095": "mAP", "map595": "mAP", "map05": "mAP_50", "map5": "mAP_50",
+    "map50": "mAP_50", "ap50": "mAP_50", "map075": "mAP_75",
     "map75": "mAP_75", "ap75": "mAP_75", "mapsmall": "mAP_small", "mapmedium": "mAP_medium", "maplarge": "mAP_large",
     "maptiny": "mAP_tiny", "mapverytiny": "mAP_verytiny", "mar100": "mAR_100", "recall": "mAR_100",
 }
@@ -115,8 +117,9 @@ def record_notes(source: str, notes: list[str], fingerprint: str) -> None:
     if not notes:
         return
     where = f"{source}: " if source else ""
-    for note in notes:
-        log.warning("note: %s%s", where, note)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank loads the config: rank 0 speaks
+        for note in notes:
+            log.warning("note: %s%s", where, note)
     _NOTES[fingerprint] = [f"{where}{n}" for n in notes]
     while len(_NOTES) > _MAX_KEPT:
         _NOTES.pop(next(iter(_NOTES)))

@@ -282,7 +282,7 @@ def plot_training_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     epoch = data.get("epoch", np.arange(1, n + 1, dtype=float))
     panels = [
         ("loss", ["loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg",  # Faster R-CNN
-                  "loss_class", "loss_bbox", "loss_giou", "loss_aux", "loss_dn"]),  # DETR head
+                  "loss_class", "loss_bbox", "loss_giou", "loss_aux", "loss_enc", "loss_dn"]),  # DETR head
         ("learning rate", ["lr"]),
         ("validation", ["val_mAP", "val_mAP_50"]),
     ]

@@ -34,7 +34,7 @@ class DetectionTask(Task):
         if det.type == "detr":
             from crossattentiondet.models.detr.losses import detr_loss_keys
 
-            return detr_loss_keys(det.detr.aux_loss, det.detr.denoising.enabled)
+            return detr_loss_keys(det.detr.aux_loss, det.detr.denoising.enabled, det.detr.two_stage)
         return LOSS_KEYS
 
     def selectable_for(self, config: ExperimentConfig, data: Any) -> tuple[str, ...]:

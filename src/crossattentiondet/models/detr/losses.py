@@ -18,10 +18,14 @@ from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal
 from crossattentiondet.models.detr.matcher import HungarianMatcher
 
 
-def detr_loss_keys(aux_loss: bool, denoising: bool) -> tuple[str, ...]:
-    """The keys of the DETR head's loss dict for these settings (the same for every batch of a run)."""
+def detr_loss_keys(aux_loss: bool, denoising: bool, two_stage: bool = False) -> tuple[str, ...]:
+    """The keys of the DETR head's loss dict for these settings (the same for every batch of a run).
+
+    The two-stage proposals are trained whenever two-stage is on (they pick the decoder's queries): inside
+    ``loss_aux`` with ``aux_loss``, else as ``loss_enc`` of their own.
+    """
     return ("loss_class", "loss_bbox", "loss_giou") + (("loss_aux",) if aux_loss else ()) + \
-        (("loss_dn",) if denoising else ())
+        (("loss_enc",) if two_stage and not aux_loss else ()) + (("loss_dn",) if denoising else ())
 
 
 @dataclass
@@ -66,7 +70,8 @@ class DetrCriterion(nn.Module):
 
     Returns the weighted terms: ``loss_class`` (``class_weight`` x focal), ``loss_bbox`` (``l1_weight`` x L1),
     ``loss_giou`` (``giou_weight`` x (1 - GIoU)) of the last decoder layer; with ``aux_loss``, ``loss_aux``, the
-    same three terms summed over the other decoder layers and the two-stage proposals; with ``denoising``,
+    same three terms summed over the other decoder layers and the two-stage proposals (without ``aux_loss``
+    the proposals' terms are ``loss_enc``: they are always trained, they choose the queries); with ``denoising``,
     ``loss_dn``, ``denoising_weight`` x the three terms of the denoising queries of every layer used (all with
     ``aux_loss``, else the last), divided by ``num_boxes x groups`` (each box has ``groups`` noised copies).
     Everything is computed in float32 (outside autocast).
@@ -74,17 +79,19 @@ class DetrCriterion(nn.Module):
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, *, class_weight: float = 1.0,
                  l1_weight: float = 5.0, giou_weight: float = 2.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 aux_loss: bool = True, denoising: bool = False, denoising_weight: float = 1.0) -> None:
+                 aux_loss: bool = True, denoising: bool = False, denoising_weight: float = 1.0,
+                 two_stage: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
         self.class_weight, self.l1_weight, self.giou_weight = class_weight, l1_weight, giou_weight
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.aux_loss, self.denoising, self.denoising_weight = aux_loss, denoising, denoising_weight
+        self.two_stage = two_stage
 
     @property
     def loss_keys(self) -> tuple[str, ...]:
-        return detr_loss_keys(self.aux_loss, self.denoising)
+        return detr_loss_keys(self.aux_loss, self.denoising, self.two_stage)
 
     def _focal(self, logits: Tensor, target: Tensor) -> Tensor:
         return sigmoid_focal_loss(logits, target, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none")
@@ -157,6 +164,8 @@ class DetrCriterion(nn.Module):
                 if outputs.encoder is not None:
                     aux.append(self._weighted(self.matched_terms(*outputs.encoder, targets, norm)))
                 losses["loss_aux"] = torch.stack(aux).sum() if aux else focal * 0.0
+            elif outputs.encoder is not None:
+                losses["loss_enc"] = self._weighted(self.matched_terms(*outputs.encoder, targets, norm))
             if self.denoising:
                 if outputs.denoising and outputs.denoising_meta is not None:
                     meta = outputs.denoising_meta

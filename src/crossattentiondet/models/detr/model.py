@@ -126,6 +126,9 @@ class MultiModalDETR(nn.Module):
         self.transform = MultiModalTransform(layout, det.resize, det.min_size, det.max_size, det.size_divisible)
         self.backbone = backbone
         self.levels = sorted(cfg.levels)
+        # stride of every level the head reads: encoder stage s has stride 2^(s+1); each extra level halves the last
+        last = 2 ** (self.levels[-1] + 1)
+        self.level_strides = [2 ** (s + 1) for s in self.levels] + [last * 2 ** (i + 1) for i in range(cfg.extra_levels)]
         self.num_queries = cfg.num_queries
         self.two_stage, self.box_refine, self.aux_loss = cfg.two_stage, cfg.box_refine, cfg.aux_loss
         self.denoising_config = cfg.denoising
@@ -156,7 +159,7 @@ class MultiModalDETR(nn.Module):
                                        l1_weight=cfg.loss.l1_weight, giou_weight=cfg.loss.giou_weight,
                                        focal_alpha=cfg.loss.focal_alpha, focal_gamma=cfg.loss.focal_gamma,
                                        aux_loss=cfg.aux_loss, denoising=cfg.denoising.enabled,
-                                       denoising_weight=cfg.denoising.loss_weight)
+                                       denoising_weight=cfg.denoising.loss_weight, two_stage=cfg.two_stage)
         self._reset_head_parameters()
 
     def _reset_head_parameters(self) -> None:
@@ -221,7 +224,9 @@ class MultiModalDETR(nn.Module):
             y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=memory.device) + 0.5,
                                   torch.arange(w, dtype=torch.float32, device=memory.device) + 0.5, indexing="ij")
             centre = torch.stack((x.flatten() / w, y.flatten() / h), dim=-1)[None] / ratios[:, None, :]
-            size = torch.full_like(centre, 0.05 * 2.0 ** level)
+            # Deformable DETR's proposal size, 0.05 x 2^l of the image at level l (l = 0 at stride 8), tied to the
+            # level's stride rather than its position, so a stride-4 level (stage 1) proposes half that size
+            size = torch.full_like(centre, 0.05 * self.level_strides[level] / 8)
             anchors.append(torch.cat((centre, size), dim=-1))
         anchor = torch.cat(anchors, 1)  # (B, S, 4) in image-normalised coordinates
         valid = ~padding & ((anchor > 0.01) & (anchor < 0.99)).all(-1)
@@ -301,13 +306,11 @@ class MultiModalDETR(nn.Module):
         return losses
 
     def _unused_outputs_zero(self, outputs: DetrOutputs, no_denoising: bool) -> Tensor:
-        """0 x the outputs no loss reads (intermediate layers without aux_loss, the proposals, an unused label
+        """0 x the outputs no loss reads (intermediate layers without aux_loss, an unused label
         embedding), so every parameter takes part in every step as DistributedDataParallel requires."""
         unused: list[Tensor] = []
         if not self.aux_loss:
             unused += [t for layer in outputs.layers[:-1] for t in layer]
-            if outputs.encoder is not None:
-                unused += list(outputs.encoder)
         if self.denoising is not None and no_denoising:
             unused.append(self.denoising.weight)
         zero = outputs.layers[-1][0].new_zeros((), dtype=torch.float32)
