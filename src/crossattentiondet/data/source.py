@@ -518,6 +518,26 @@ class FolderSource(DataSource):
         self._read_partition_files()
         self._open_labels(candidates)
 
+    def _add_frames(self, folder: Path, m: ModalityConfig, prefix: str, found: dict[str, Path]) -> int:
+        """Add the image files of ``folder`` (modality ``m``, its ``suffix`` stripped) to ``found`` as frames
+        ``<prefix><name>``; a name seen before is a duplicate_stem problem. Returns how many were added."""
+        added = 0
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not is_listed_file(path) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            name = path.stem
+            if m.suffix:
+                if not name.endswith(m.suffix):
+                    continue
+                name = name[: -len(m.suffix)]
+            stem = f"{prefix}{name}"
+            if stem in found:
+                self._add(Problem("duplicate_stem", str(path), f"same frame '{stem}' as {found[stem]}", stem))
+                continue
+            found[stem] = path
+            added += 1
+        return added
+
     def _pair(self, per_modality: dict[str, dict[str, Path]], folder_of: Callable[[str, ModalityConfig], Path]
               ) -> None:
         """Frames from the files found per modality; a frame lacking one modality's file is a problem
@@ -559,20 +579,7 @@ class KaistSource(FolderSource):
         for m in self.modalities:
             found: dict[str, Path] = {}
             for video in videos:
-                folder = video / str(m.source)
-                for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-                    if not is_listed_file(path) or path.suffix.lower() not in IMAGE_EXTENSIONS:
-                        continue
-                    name = path.stem
-                    if m.suffix:
-                        if not name.endswith(m.suffix):
-                            continue
-                        name = name[: -len(m.suffix)]
-                    stem = f"{video.parent.name}_{video.name}_{name}"
-                    if stem in found:
-                        self._add(Problem("duplicate_stem", str(path), f"same frame '{stem}' as {found[stem]}", stem))
-                        continue
-                    found[stem] = path
+                self._add_frames(video / str(m.source), m, f"{video.parent.name}_{video.name}_", found)
             per_modality[m.name] = found
         if not any(per_modality.values()):
             folders = " and ".join(f"setNN/VNNN/{m.source}/" for m in self.modalities)
@@ -711,21 +718,9 @@ class CocoSource(FolderSource):
         for m in self.modalities:
             folder = split.modality_folder(str(m.source))
             found = per_modality[m.name]
-            for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-                if not is_listed_file(path) or path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                name = path.stem
-                if m.suffix:
-                    if not name.endswith(m.suffix):
-                        continue
-                    name = name[: -len(m.suffix)]
-                stem = f"{split.name}_{name}"
-                if stem in found:
-                    self._add(Problem("duplicate_stem", str(path), f"same frame '{stem}' as {found[stem]}", stem))
-                    continue
-                found[stem] = path
-                if m is self.modalities[0]:
-                    count += 1
+            added = self._add_frames(folder, m, f"{split.name}_", found)
+            if m is self.modalities[0]:
+                count += added
         return count
 
     def _open_coco_labels(self, parts: list[tuple[str, LabelSet]], missing: dict[str, Problem]) -> None:

@@ -164,10 +164,12 @@ def _as_slice(channels: tuple[int, ...]) -> slice | None:
     return None
 
 
-class MultiModalFasterRCNN(FasterRCNN):
-    """torchvision Faster R-CNN over a :class:`MultiModalBackbone`, with modality-aware preprocessing."""
+class ModalityZeroing:
+    """Missing-sensor evaluation for a detector whose ``transform`` is a :class:`MultiModalTransform` and whose
+    ``layout`` is its :class:`InputLayout` (the Faster R-CNN and the DETR head)."""
 
     layout: InputLayout
+    transform: MultiModalTransform
 
     def set_zero_modalities(self, modalities: list[str] | tuple[str, ...]) -> None:
         """Replace these modalities by zeros after normalisation (missing-sensor evaluation)."""
@@ -177,6 +179,10 @@ class MultiModalFasterRCNN(FasterRCNN):
     def zero_modalities(self) -> list[str]:
         zeroed = set(self.transform.zero_channels)
         return [n for n, c in zip(self.layout.modality_names, self.layout.modality_channels) if c and set(c) <= zeroed]
+
+
+class MultiModalFasterRCNN(ModalityZeroing, FasterRCNN):
+    """torchvision Faster R-CNN over a :class:`MultiModalBackbone`, with modality-aware preprocessing."""
 
 
 def build_encoder(config: ExperimentConfig, layout: InputLayout, load_pretrained: bool = False) -> nn.Module:

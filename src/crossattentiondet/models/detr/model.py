@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from crossattentiondet.config import ConfigError, ExperimentConfig
-from crossattentiondet.models.detector import InputLayout, MultiModalTransform, _as_slice
+from crossattentiondet.models.detector import InputLayout, ModalityZeroing, MultiModalTransform, _as_slice
 from crossattentiondet.models.detr.denoising import build_denoising_queries
 from crossattentiondet.models.detr.losses import DetrCriterion, DetrOutputs
 from crossattentiondet.models.detr.matcher import HungarianMatcher
@@ -104,7 +104,7 @@ def _group_norm(dim: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, dim)
 
 
-class MultiModalDETR(nn.Module):
+class MultiModalDETR(ModalityZeroing, nn.Module):
     """Deformable-DETR-style detector (two-stage, box refinement, optional DINO denoising) on any encoder.
 
     Built by :func:`build_detr` from ``model.detector`` (``detr.*`` for the head; ``resize``, ``min_size``,
@@ -176,16 +176,6 @@ class MultiModalDETR(nn.Module):
         for head in box_heads:  # the first prediction is the reference box itself
             nn.init.zeros_(head.layers[-1].weight)
             nn.init.zeros_(head.layers[-1].bias)
-
-    # ------------------------------------------------------------------------------------- modalities
-    def set_zero_modalities(self, modalities: list[str] | tuple[str, ...]) -> None:
-        """Replace these modalities by zeros after normalisation (missing-sensor evaluation)."""
-        self.transform.zero_channels = self.layout.channels_of(list(modalities))
-
-    @property
-    def zero_modalities(self) -> list[str]:
-        zeroed = set(self.transform.zero_channels)
-        return [n for n, c in zip(self.layout.modality_names, self.layout.modality_channels) if c and set(c) <= zeroed]
 
     # ------------------------------------------------------------------------------------------ parts
     def _tokens(self, images: Tensor, sizes: list[tuple[int, int]]
