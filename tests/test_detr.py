@@ -96,8 +96,46 @@ def test_matcher_cost_terms_and_an_image_without_targets() -> None:
     assert rows.numel() == cols.numel() == 0
 
 
+def test_matcher_signs_of_the_class_and_giou_costs() -> None:
+    """Each cost alone prefers the right query: the one confident in the target's class, the one overlapping it."""
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]])
+    target = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]])}
+    logits = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])  # query 1 says class 1 (the target's), query 0 class 0
+    (rows, _), = HungarianMatcher(class_cost=1.0, l1_cost=0.0, giou_cost=0.0)(logits[None], boxes[None], [target])
+    assert rows.tolist() == [1]
+    far_and_near = torch.tensor([[0.8, 0.8, 0.1, 0.1], [0.32, 0.3, 0.2, 0.2]])  # query 1 overlaps the target
+    (rows, _), = HungarianMatcher(class_cost=0.0, l1_cost=0.0, giou_cost=1.0)(torch.zeros(1, 2, 2), far_and_near[None],
+                                                                               [target])
+    assert rows.tolist() == [1]
+
+
 # ------------------------------------------------------------------------------------ deformable attention
 SHAPES = [(5, 7), (3, 4), (2, 3), (1, 1)]  # odd sizes, a 1x1 level
+
+
+def test_sampling_locations_follow_deformable_detr() -> None:
+    """Point references move by offset / (level width, height); box references by offset / points x half the box."""
+    torch.manual_seed(2)
+    dim, heads, points = 8, 2, 3
+    attention = MultiScaleDeformableAttention(dim, heads, len(SHAPES), points)
+    with torch.no_grad():
+        attention.sampling_offsets.weight.normal_(0, 0.5)
+    query = torch.randn(1, 2, dim)
+    with torch.no_grad():
+        raw = attention.sampling_offsets(query).view(1, 2, heads, len(SHAPES), points, 2)
+        point = torch.tensor([[[0.4, 0.6], [0.1, 0.9]]])
+        locations, _ = attention.sampling(query, point, SHAPES)
+        for level, (h, w) in enumerate(SHAPES):  # x offsets by the width, y offsets by the height
+            expect_x = point[0, :, None, None, 0] + raw[0, :, :, level, :, 0] / w
+            expect_y = point[0, :, None, None, 1] + raw[0, :, :, level, :, 1] / h
+            torch.testing.assert_close(locations[0, :, :, level, :, 0], expect_x)
+            torch.testing.assert_close(locations[0, :, :, level, :, 1], expect_y)
+        box = torch.tensor([[[0.4, 0.6, 0.2, 0.4], [0.5, 0.5, 0.1, 0.3]]])
+        locations, _ = attention.sampling(query, box, SHAPES)
+        expect_x = box[0, :, None, None, None, 0] + raw[0, ..., 0] / points * box[0, :, None, None, None, 2] / 2
+        expect_y = box[0, :, None, None, None, 1] + raw[0, ..., 1] / points * box[0, :, None, None, None, 3] / 2
+        torch.testing.assert_close(locations[0, ..., 0], expect_x)
+        torch.testing.assert_close(locations[0, ..., 1], expect_y)
 
 
 def test_deformable_sampling_equals_naive_reference() -> None:

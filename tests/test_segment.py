@@ -274,3 +274,18 @@ def test_eval_select_picks_the_metric_and_its_direction() -> None:
     with pytest.raises(ConfigError, match="eval.select='mAP'"):
         task.select_metric(build_config({}, ["task=segment", "eval.select=mAP"]), binary)
     assert get_task("detect").select_metric(build_config({}, []), binary).metric == "mAP"
+
+
+def test_detection_only_augmentations_are_refused_before_segmentation_training(tmp_path: Path) -> None:
+    """Copy-paste and mosaic paste boxes, not masks: a segmentation run refuses them before any epoch."""
+    config = build_config({}, [*TINY, f"output.root={tmp_path / 'runs'}", "train.epochs=1", "data.synthetic.images=8",
+                               "data.synthetic.size=[48,48]", "data.augment.copy_paste.prob=0.5",
+                               "data.augment.mosaic=0.3"])
+    with pytest.raises(ConfigError, match=r"data\.augment\.mosaic, data\.augment\.copy_paste\.prob: detection only"):
+        train(config, echo=_quiet)
+    assert not list((tmp_path / "runs").glob("*/checkpoints/*.pt"))
+
+
+def test_multi_scale_with_a_resizing_detector_is_refused() -> None:
+    with pytest.raises(ConfigError, match="multi_scale has no effect with model.detector.resize=shorter_side"):
+        build_config({}, ["data.augment.multi_scale=[64,128]", "model.detector.resize=shorter_side"])

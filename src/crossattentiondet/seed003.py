@@ -392,7 +392,9 @@ def _augmentation(a: _Section, out: dict[str, Any], notes: list[str]) -> None:
             aug["multi_scale_max_size"] = val_resize
         notes.append(f"augmentation.train.resize_range={rng} -> data.augment.multi_scale (the shorter side drawn "
                      "from the range per frame" + (f", the longer side capped at {val_resize}" if val_resize else "")
-                     + ")")
+                     + "); evaluation runs at each frame's own size, so frames whose shorter side lies outside the "
+                     "range are trained at another scale than they are tested at: choose a range around your "
+                     "frames' size (data.augment.multi_scale)")
     if "copy_paste" in tr:
         cp = tr.sub("copy_paste")
         aug["copy_paste"] = {k: cp.get(k) for k in cp.raw}
