@@ -342,6 +342,12 @@ def test_two_stage_proposals_are_trained_without_aux_loss() -> None:
     assert grads and all(g > 0 for n, g in grads.items() if n not in hidden), grads
 
 
+def test_detection_cap_is_one_per_query_and_class() -> None:
+    """The AI-TOD note reads detections_per_img: it must be the real cap, queries x classes when that is lower."""
+    assert detr("model.detector.detections_per_img=300").detections_per_img == 20 * 2
+    assert detr("model.detector.detections_per_img=7").detections_per_img == 7
+
+
 def test_proposal_sizes_follow_the_level_strides() -> None:
     """Deformable DETR's 0.05 x 2^l proposal size is tied to the stride (0.05 at stride 8): stage 1 (stride 4)
     proposes 0.025 of the image, the extra level after stage 4 (stride 64) 0.4."""

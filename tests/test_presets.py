@@ -50,6 +50,12 @@ def test_large_backbone_from_scratch_on_small_data_is_warned_about() -> None:
                                               "model.mit.num_heads=[1,2,2,4]"]), 10) == []
 
 
+def test_a_warmup_as_long_as_the_run_is_warned_about() -> None:
+    (warning,) = recipe_warnings(load_config("preset:detr_tiny", ["train.epochs=1"]), 100)
+    assert "warmup_epochs=5" in warning and "train.epochs=1" in warning
+    assert recipe_warnings(load_config("preset:detr_tiny"), 100) == []  # 5 of 50 epochs
+
+
 class _Stop(Exception):
     """Ends a run right after its start-up warnings: what follows (training) is not this test's subject."""
 

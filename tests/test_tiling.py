@@ -366,3 +366,28 @@ def test_api_overlap_without_any_tile_is_a_config_error() -> None:
         tiled.predict([], overlap=0.3)
     with pytest.raises(DataError, match="no frames given"):
         plain.predict([], tile=64, overlap=0.3)
+
+
+def test_a_lower_predict_threshold_lowers_the_models_own_cut_off(tmp_path: Path) -> None:
+    """`cadet predict --score-thresh 0.0`: the model's model.detector.score_thresh must not hide detections below
+    it; the model's own value is restored afterwards."""
+    from crossattentiondet.engine.inference import detect_frames
+
+    class Thresholded(BrightSquares):
+        score_thresh = 0.05
+
+        def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+            self.seen = self.score_thresh
+            outs = super().forward(images)
+            return [{k: v[o["scores"] >= self.score_thresh] for k, v in o.items()} for o in
+                    ({**o, "scores": o["scores"] * 0.01} for o in outs)]  # every score below 0.05
+
+    config = build_config({})
+    model = Thresholded()
+    frames = [("f", _frame_arrays(96, 64, [(0, 10, 10, 24, 24)]))]
+    [low] = detect_frames(model, config, _checkpoint(config_to_dict(config)), frames, score_thresh=0.0,
+                          echo=lambda _m: None)
+    assert model.seen == 0.0 and len(low["boxes"]) == 1 and model.score_thresh == 0.05
+    [high] = detect_frames(model, config, _checkpoint(config_to_dict(config)), frames, score_thresh=0.3,
+                           echo=lambda _m: None)
+    assert model.seen == 0.05 and len(high["boxes"]) == 0

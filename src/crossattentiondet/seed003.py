@@ -268,7 +268,7 @@ def translate_seed003(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     _optimizer(s["optimizer"], s["training"], out, notes)
     _schedule(s["lr_schedule"], s["training"], out, notes)
     _augmentation(s["augmentation"], out, notes)
-    _dataset(s["dataset"], out)
+    _dataset(s["dataset"], out, notes)
     _checkpoint(s["checkpoint"], out, notes)
     _evaluation(s["evaluation"], out, notes)
     _logging(s["logging"], out, notes)
@@ -284,6 +284,8 @@ def _model(m: _Section, out: dict[str, Any], notes: list[str]) -> None:
     out.setdefault("data", {})["modalities"] = [
         {"name": "rgb", "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}]
     _set(out, "model.streams", [["rgb"]])
+    notes.append("the seed project reads RGB frames: data.modalities = rgb alone, one stream; for thermal / event "
+                 "folders beside images/ give data.modalities and model.streams (e.g. [[rgb],[thermal]])")
     if "backbone" in m:
         _set(out, "model.backbone", _backbone(m.get("backbone")))
     for seed_key, ours in (("hidden_dim", "hidden_dim"), ("nheads", "num_heads"),
@@ -432,7 +434,7 @@ def _augmentation(a: _Section, out: dict[str, Any], notes: list[str]) -> None:
                      "(model.detector.resize=native; a resize in the model would undo the multi-scale training range)")
 
 
-def _dataset(d: _Section, out: dict[str, Any]) -> None:
+def _dataset(d: _Section, out: dict[str, Any], notes: list[str]) -> None:
     paths = {k: d.get(k) for k in ("train_path", "val_path") if k in d}
     for key, value in paths.items():
         if not isinstance(value, str) or not value.strip():
@@ -446,9 +448,13 @@ def _dataset(d: _Section, out: dict[str, Any]) -> None:
                               "layout reads <root>/train, <root>/valid|val, <root>/test: put them under one root")
         _set(out, "data.root", parents.pop())
         _set(out, "data.layout", "coco")
-    for key in ("num_workers", "pin_memory", "prefetch_factor", "persistent_workers"):
+    for key in ("num_workers", "prefetch_factor", "persistent_workers"):
         if key in d:
             _set(out, f"data.loader.{key}", d.get(key))
+    if "pin_memory" in d and d.get("pin_memory") is not True:
+        _set(out, "data.loader.pin_memory", d.get("pin_memory"))
+    elif "pin_memory" in d:  # pinned memory only helps copies to a GPU; torch warns about it on a CPU run
+        notes.append("dataset.pin_memory=true -> data.loader.pin_memory unset (on when training on CUDA)")
 
 
 def _checkpoint(c: _Section, out: dict[str, Any], notes: list[str]) -> None:

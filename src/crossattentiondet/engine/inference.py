@@ -224,11 +224,27 @@ def detect_frames(model: nn.Module, config: ExperimentConfig, checkpoint: dict[s
     With ``eval.tile`` set (of ``tiling``, default ``config.eval``) each frame is detected in overlapping
     windows merged in frame coordinates (:mod:`crossattentiondet.engine.tiling`); ``batch_size`` frames per
     call then, their windows run a few at a time."""
+    frames, order = conformed_frames(checkpoint, frames, echo)
+    # the model's own cut-off (model.detector.score_thresh: Faster R-CNN's roi_heads, the DETR head's) would hide
+    # detections below it: a lower requested threshold lowers it for this call
+    holder = getattr(model, "roi_heads", model)
+    own_thresh = getattr(holder, "score_thresh", None)
+    if isinstance(own_thresh, float) and score_thresh < own_thresh:
+        holder.score_thresh = score_thresh
+    try:
+        return _detect(model, config, frames, order, score_thresh, batch_size, echo,
+                       tiling if tiling is not None else config.eval)
+    finally:
+        if isinstance(own_thresh, float):
+            holder.score_thresh = own_thresh
+
+
+def _detect(model: nn.Module, config: ExperimentConfig, frames: list[tuple[str, dict[str, Any]]], order: Any,
+            score_thresh: float, batch_size: int, echo: Callable[[str], None], tiling: EvalConfig
+            ) -> list[dict[str, Any]]:
     from crossattentiondet.data import Sample, to_model_input
     from crossattentiondet.engine.tiling import maybe_tiled
 
-    frames, order = conformed_frames(checkpoint, frames, echo)
-    tiling = tiling if tiling is not None else config.eval
     model = maybe_tiled(model, tiling)
     if tiling.tile is not None:
         echo(f"tiled inference: {tiling.tile} px windows overlapping by {tiling.tile_overlap:g}, merged by "

@@ -31,4 +31,9 @@ def recipe_warnings(config: ExperimentConfig, train_frames: int) -> list[str]:
                    f"{train_frames:,} training frames: an encoder this large underfits so little data in any usual "
                    f"schedule; set model.pretrained to ImageNet MiT weights (SegFormer {model.backbone}.pth or "
                    f"Hugging Face nvidia/{hub}), or use a smaller model.backbone")
+    train = config.train
+    if not train.phases and train.schedule.warmup_epochs >= train.epochs:
+        out.append(f"train.schedule.warmup_epochs={train.schedule.warmup_epochs:g} is not shorter than "
+                   f"train.epochs={train.epochs}: the run ends inside the warmup and never trains at train.lr "
+                   "(shorten the warmup, e.g. train.schedule.warmup_epochs=0 for a quick run)")
     return out

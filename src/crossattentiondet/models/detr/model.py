@@ -132,7 +132,9 @@ class MultiModalDETR(ModalityZeroing, nn.Module):
         self.num_queries = cfg.num_queries
         self.two_stage, self.box_refine, self.aux_loss = cfg.two_stage, cfg.box_refine, cfg.aux_loss
         self.denoising_config = cfg.denoising
-        self.score_thresh, self.detections_per_img = det.score_thresh, det.detections_per_img
+        # at most one detection per (query, class) pair: the real cap, as the AI-TOD note reports it
+        self.score_thresh = det.score_thresh
+        self.detections_per_img = min(det.detections_per_img, cfg.num_queries * num_classes)
         dim = self.hidden_dim = cfg.hidden_dim
         channels = backbone.out_channels
         proj: list[nn.Module] = [nn.Sequential(nn.Conv2d(channels[s - 1], dim, 1), _group_norm(dim))
