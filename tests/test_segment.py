@@ -289,3 +289,8 @@ def test_detection_only_augmentations_are_refused_before_segmentation_training(t
 def test_multi_scale_with_a_resizing_detector_is_refused() -> None:
     with pytest.raises(ConfigError, match="multi_scale has no effect with model.detector.resize=shorter_side"):
         build_config({}, ["data.augment.multi_scale=[64,128]", "model.detector.resize=shorter_side"])
+
+
+def test_tiled_inference_is_refused_for_segmentation() -> None:
+    with pytest.raises(ConfigError, match="eval.tile=64: tiled inference is for detection"):
+        build_config({}, [*TINY, "eval.tile=64"])

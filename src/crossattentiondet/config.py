@@ -849,6 +849,9 @@ class ExperimentConfig(StrictModel):
             raise ValueError("data.augment.multi_scale has no effect with model.detector.resize=shorter_side (the "
                              "detector resizes every image to min_size again); use resize=native with multi_scale, "
                              "or vary model.detector.min_size instead")
+        if self.eval.tile is not None and self.task != "detect":
+            raise ValueError(f"eval.tile={self.eval.tile}: tiled inference is for detection; task={self.task} resizes "
+                             "frames by model.seg.resize / model.seg.size")
         for key in ("rgb_modalities", "thermal_modalities"):
             names = getattr(self.data.augment, key)
             missing = [n for n in names if n not in known]
