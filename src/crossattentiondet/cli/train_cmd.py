@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crossattentiondet.cli.camoxpert import add_camoxpert_flags, camoxpert_overrides, generic_overrides
 from crossattentiondet.cli.common import NO_VALUE, add_config_args, check_flag_conflicts, print_json
 from crossattentiondet.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 # the original scripts' flags (seeds/000, seeds/002), accepted so their commands work with `cadet train`
 SEED_FLAGS = ("--data", "--labels", "--epochs", "--batch-size", "--lr", "--backbone", "--cssa-stages", "--cssa-thresh",
@@ -340,15 +344,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print_json(summary)
         return 0
     from rich.console import Console
-    from rich.table import Table
 
     print(f"{summary['split']} split of {summary['data_root']} ({summary['images']} images), "
           f"checkpoint {summary['checkpoint']}")
-    table = Table()
-    for key in ("metric", "value"):
-        table.add_column(key)
-    for key, value in summary["metrics"].items():
-        table.add_row(key, "n/a" if value != value else f"{value:.4f}")
+    table = metrics_table(summary["metrics"])
     boot = summary.get("bootstrap") or {}
     ci = boot.get("ci95")
     if ci and None not in ci:  # over test images (eval.bootstrap resamples), see bootstrap_<split>.json
@@ -400,11 +399,7 @@ def _eval_detection_files(args: argparse.Namespace) -> int:
     print(f"{args.pred} vs {args.gt}: {result['num_images']} images, {result['num_ground_truth']} ground-truth "
           f"boxes, {result['num_predictions']} detections; size bins {result['size_bins']} (detections per image: "
           f"{dets})")
-    table = Table()
-    for key in ("metric", "value"):
-        table.add_column(key)
-    for key, value in result["metrics"].items():
-        table.add_row(key, "n/a" if value != value else f"{value:.4f}")
+    table = metrics_table(result["metrics"])
     Console().print(table)
     if len(result["per_class"]) > 1:
         table = Table()
@@ -495,3 +490,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, overrides=args.overrides, seeds=args.seeds, task=args.task)
     return 0
+
+
+def metrics_table(metrics: dict[str, float]) -> Table:
+    """A rich table of metric -> value (NaN, e.g. a size bin without ground truth, as n/a)."""
+    from rich.table import Table
+
+    table = Table()
+    for key in ("metric", "value"):
+        table.add_column(key)
+    for key, value in metrics.items():
+        table.add_row(key, "n/a" if value != value else f"{value:.4f}")
+    return table

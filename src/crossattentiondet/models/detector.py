@@ -158,6 +158,31 @@ class MultiModalBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), f.contiguous(memory_format=fmt)) for i, f in enumerate(feats)))
 
 
+class StreamEncoder(nn.Module):
+    """The encoder with each stream's channel selection: raw-normalised (B, C_total, H, W) -> its 4 maps (strides
+    4..32). The DETR head and the segmenter read it as ``backbone`` (so ``backbone.encoder.*`` names, the engine's
+    backbone lr groups and freezing apply to them as to the Faster R-CNN's :class:`MultiModalBackbone`)."""
+
+    def __init__(self, encoder: nn.Module, stream_channels: tuple[tuple[int, ...], ...]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.stream_channels = stream_channels
+        self._slices = [_as_slice(c) for c in stream_channels]
+
+    @property
+    def out_channels(self) -> list[int]:
+        return list(self.encoder.out_channels)
+
+    def select(self, x: Tensor, stream: int) -> Tensor:
+        sl = self._slices[stream]
+        return x[:, sl] if sl is not None else x[:, list(self.stream_channels[stream])]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if len(self.stream_channels) == 2:
+            return list(self.encoder(self.select(x, 0), self.select(x, 1)))
+        return list(self.encoder(self.select(x, 0)))
+
+
 def _as_slice(channels: tuple[int, ...]) -> slice | None:
     if channels and list(channels) == list(range(channels[0], channels[-1] + 1)):
         return slice(channels[0], channels[-1] + 1)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from crossattentiondet.config import ConfigError, ExperimentConfig, SegmentationConfig
-from crossattentiondet.models.detector import InputLayout, _as_slice, build_encoder, normalize_input
+from crossattentiondet.models.detector import InputLayout, StreamEncoder, build_encoder, normalize_input
 from crossattentiondet.segmentation.decoders import MLPDecoder, UNetDecoder
 from crossattentiondet.segmentation.losses import binary_seg_loss, semantic_seg_loss
 from crossattentiondet.segmentation.moe import MoENeck, describe_stats
@@ -28,32 +28,13 @@ def _memory_format(module: nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
-class SegBackbone(nn.Module):
-    """Stream selection (channels of each stream, as the detector's backbone) + the encoder -> 4 maps."""
-
-    def __init__(self, encoder: nn.Module, stream_channels: tuple[tuple[int, ...], ...]) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.stream_channels = stream_channels
-        self._slices = [_as_slice(c) for c in stream_channels]
-
-    def select(self, x: Tensor, stream: int) -> Tensor:
-        sl = self._slices[stream]
-        return x[:, sl] if sl is not None else x[:, list(self.stream_channels[stream])]
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        if len(self.stream_channels) == 2:
-            return self.encoder(self.select(x, 0), self.select(x, 1))
-        return self.encoder(self.select(x, 0))
-
-
 class Segmenter(nn.Module):
     """Encoder + decoder over raw multi-modal input; training mode with targets returns the loss dict."""
 
     def __init__(self, encoder: nn.Module, layout: InputLayout, decoder: nn.Module, num_classes: int,
                  seg_config: SegmentationConfig, neck: MoENeck | None = None) -> None:
         super().__init__()
-        self.backbone = SegBackbone(encoder, layout.stream_channels)
+        self.backbone = StreamEncoder(encoder, layout.stream_channels)
         self.neck = neck
         self.decoder = decoder
         self.layout = layout

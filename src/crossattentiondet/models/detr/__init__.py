@@ -8,9 +8,9 @@ from crossattentiondet.models.detr.deformable_attention import (
 )
 from crossattentiondet.models.detr.losses import DetrCriterion, DetrOutputs, detr_loss_keys
 from crossattentiondet.models.detr.matcher import HungarianMatcher
-from crossattentiondet.models.detr.model import DetrBackbone, MultiModalDETR, build_detr
+from crossattentiondet.models.detr.model import MultiModalDETR, build_detr
 
 __all__ = [
-    "DetrBackbone", "DetrCriterion", "DetrOutputs", "HungarianMatcher", "MultiModalDETR",
+    "DetrCriterion", "DetrOutputs", "HungarianMatcher", "MultiModalDETR",
     "MultiScaleDeformableAttention", "build_detr", "deformable_sample", "deformable_sample_naive", "detr_loss_keys",
 ]

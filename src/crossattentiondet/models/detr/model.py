@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from crossattentiondet.config import ConfigError, ExperimentConfig
-from crossattentiondet.models.detector import InputLayout, ModalityZeroing, MultiModalTransform, _as_slice
+from crossattentiondet.models.detector import InputLayout, ModalityZeroing, MultiModalTransform, StreamEncoder
 from crossattentiondet.models.detr.denoising import build_denoising_queries
 from crossattentiondet.models.detr.losses import DetrCriterion, DetrOutputs
 from crossattentiondet.models.detr.matcher import HungarianMatcher
@@ -37,29 +37,6 @@ from crossattentiondet.models.detr.transformer import (
 )
 
 _PRIOR = 0.01  # initial foreground probability of every class (focal-loss prior, Lin et al. 2017)
-
-
-class DetrBackbone(nn.Module):
-    """The encoder (dual- or single-stream) with the channel selection of each stream; returns its 4 maps."""
-
-    def __init__(self, encoder: nn.Module, stream_channels: tuple[tuple[int, ...], ...]) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.stream_channels = stream_channels
-        self._slices = [_as_slice(c) for c in stream_channels]
-
-    @property
-    def out_channels(self) -> list[int]:
-        return list(self.encoder.out_channels)
-
-    def select(self, x: Tensor, stream: int) -> Tensor:
-        sl = self._slices[stream]
-        return x[:, sl] if sl is not None else x[:, list(self.stream_channels[stream])]
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        if len(self.stream_channels) == 2:
-            return list(self.encoder(self.select(x, 0), self.select(x, 1)))
-        return list(self.encoder(self.select(x, 0)))
 
 
 class DecoderQueries(nn.Module):
@@ -113,7 +90,7 @@ class MultiModalDETR(ModalityZeroing, nn.Module):
 
     layout: InputLayout
 
-    def __init__(self, backbone: DetrBackbone, layout: InputLayout, num_classes: int,
+    def __init__(self, backbone: StreamEncoder, layout: InputLayout, num_classes: int,
                  config: ExperimentConfig) -> None:
         super().__init__()
         det = config.model.detector
@@ -345,6 +322,6 @@ def _normalised_targets(targets: list[dict[str, Tensor]], sizes: list[tuple[int,
 
 def build_detr(config: ExperimentConfig, num_classes: int, encoder: nn.Module, layout: InputLayout) -> MultiModalDETR:
     """The DETR head of ``config.model.detector.detr`` on ``encoder`` (from ``build_encoder``)."""
-    model = MultiModalDETR(DetrBackbone(encoder, layout.stream_channels), layout, num_classes, config)
+    model = MultiModalDETR(StreamEncoder(encoder, layout.stream_channels), layout, num_classes, config)
     model.set_zero_modalities(config.model.zero_modalities)
     return model
