@@ -73,6 +73,18 @@ def _listed(ids: Sequence[Any]) -> str:
     return shown + (f" (and {len(ids) - _SHOWN} more)" if len(ids) > _SHOWN else "")
 
 
+def _unique_entries(path: Path, entries: list[Any], key: str, what: str) -> list[dict[str, Any]]:
+    """The entries of the GT's ``key`` list, each an object with an integer ``id`` listed once."""
+    seen: set[int] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not _integer_id(entry.get("id")):
+            raise DataError(f"{path}: {key}[{i}] needs an integer 'id', got {entry!r:.80}")
+        if entry["id"] in seen:
+            raise DataError(f"{path}: {what} id {entry['id']} is listed twice in '{key}'")
+        seen.add(entry["id"])
+    return entries
+
+
 def load_ground_truth_file(path: str | Path) -> dict[str, Any]:
     """A COCO ground-truth file checked and normalised for :func:`~crossattentiondet.engine.evaluate.coco_metrics`:
     images (id, ...), annotations (ids from 1, image_id, category_id, bbox, area, iscrowd), categories (id,
@@ -94,24 +106,11 @@ def load_ground_truth_file(path: str | Path) -> dict[str, Any]:
     if not data["categories"]:
         raise DataError(f"{path}: the ground truth has no categories")
 
-    images: list[dict[str, Any]] = []
-    image_ids: set[int] = set()
-    for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or not _integer_id(image.get("id")):
-            raise DataError(f"{path}: images[{i}] needs an integer 'id', got {image!r:.80}")
-        if image["id"] in image_ids:
-            raise DataError(f"{path}: image id {image['id']} is listed twice in 'images'")
-        image_ids.add(image["id"])
-        images.append(dict(image))
-    categories: list[dict[str, Any]] = []
-    category_ids: set[int] = set()
-    for i, category in enumerate(data["categories"]):
-        if not isinstance(category, dict) or not _integer_id(category.get("id")):
-            raise DataError(f"{path}: categories[{i}] needs an integer 'id', got {category!r:.80}")
-        if category["id"] in category_ids:
-            raise DataError(f"{path}: category id {category['id']} is listed twice in 'categories'")
-        category_ids.add(category["id"])
-        categories.append({"id": category["id"], "name": str(category.get("name", category["id"]))})
+    images = [dict(image) for image in _unique_entries(path, data["images"], "images", "image")]
+    categories = [{"id": c["id"], "name": str(c.get("name", c["id"]))}
+                  for c in _unique_entries(path, data["categories"], "categories", "category")]
+    image_ids = {image["id"] for image in images}
+    category_ids = {category["id"] for category in categories}
 
     annotations: list[dict[str, Any]] = []
     for i, ann in enumerate(data["annotations"]):

@@ -59,8 +59,9 @@ def evaluate_split(model: nn.Module, data: Any, split: str, config: ExperimentCo
     progress = ThrottledProgress(split, images, log.info)
     # the model's own limit where it says one, else the configured one; a tiled model without an explicit cap
     # keeps up to the per-window cap x its windows: no fixed limit to report (None)
-    cap = detection_cap(model) if ev.tile is not None else \
-        (detection_cap(model) or config.model.detector.detections_per_img)
+    cap = detection_cap(model)
+    if cap is None and ev.tile is None:
+        cap = config.model.detector.detections_per_img
     result = evaluate(model, loader, device, precision=config.train.precision, class_names=data.class_names,
                       gather=info.enabled, on_batch=progress.batches(len(loader)), size_bins=ev.size_bins,
                       max_detections=cap)

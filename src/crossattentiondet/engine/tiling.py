@@ -47,15 +47,6 @@ def tile_windows(width: int, height: int, tile: int, overlap: float) -> list[Win
     return [(x, y, x + tile_w, y + tile_h) for y in _starts(height, tile, stride) for x in _starts(width, tile, stride)]
 
 
-def _detections_cap(model: nn.Module) -> int | None:
-    """The wrapped model's detections per image: ``detections_per_img`` (any head may set it), else Faster
-    R-CNN's ``roi_heads.detections_per_img``; None when the model says neither (no cap)."""
-    cap = getattr(model, "detections_per_img", None)
-    if cap is None:
-        cap = getattr(getattr(model, "roi_heads", None), "detections_per_img", None)
-    return int(cap) if cap is not None else None
-
-
 class TiledDetector(nn.Module):
     """Any detector of this project (``model(list of (C, H, W) images)`` -> list of dicts boxes (xyxy px) /
     scores / labels, in eval mode) run on overlapping windows of each frame, merged in frame coordinates.
@@ -111,7 +102,9 @@ class TiledDetector(nn.Module):
         if detections_per_img is not None and detections_per_img < 1:
             raise ConfigError(f"detections_per_img={detections_per_img!r}: must be at least 1")
         self.detections_per_img = detections_per_img  # explicit merged cap; None: per window x windows
-        self.window_detections_per_img = _detections_cap(model)
+        from crossattentiondet.engine.evaluate import detection_cap  # evaluate imports this module lazily
+
+        self.window_detections_per_img = detection_cap(model)
         self.border_px = border_px
         self.cut_containment = cut_containment
         self.training = False
